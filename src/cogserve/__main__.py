@@ -1,0 +1,3 @@
+from cogserve.cli import app
+
+app()

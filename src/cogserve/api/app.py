@@ -1,0 +1,83 @@
+"""The app factory: ``create_app(settings)`` builds everything; no work happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from cogserve import __version__
+from cogserve.api.errors import install_error_handlers
+from cogserve.api.middleware import RequestContextMiddleware
+from cogserve.api.routes import AppContext, router
+from cogserve.engine import Engine, create_engine
+from cogserve.errors import CogserveError
+from cogserve.service import ImageService
+from cogserve.settings import Settings
+from cogserve.storage import LocalImageStore, MetadataStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+) -> FastAPI:
+    """Build the ASGI app. ``engine`` lets tests wrap the real one; ``on_fatal`` is told when the
+    model cannot load, so the CLI can exit instead of serving 503 forever."""
+    engine = engine or create_engine(settings)
+    metadata = MetadataStore(settings.database_url)
+    service = ImageService(settings, engine, LocalImageStore(settings.images_dir), metadata)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(metadata.create_schema)
+        tasks = [
+            asyncio.create_task(_load_model(engine, service, settings, on_fatal)),
+            asyncio.create_task(service.run_sweeper()),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            metadata.close()
+
+    app = FastAPI(
+        title="cogserve",
+        version=__version__,
+        description="Self-hosted CogView-4 image generation, wire-compatible with BigModel's images API.",
+        lifespan=lifespan,
+    )
+    app.state.cogserve = AppContext(settings=settings, engine=engine, service=service)
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+async def _load_model(
+    engine: Engine, service: ImageService, settings: Settings, on_fatal: Callable[[str], None] | None
+) -> None:
+    try:
+        await asyncio.to_thread(engine.load)
+        if settings.model.warmup:
+            await asyncio.to_thread(engine.warmup)
+    except Exception as exc:
+        reason = exc.message if isinstance(exc, CogserveError) else f"{type(exc).__name__}: {exc}"
+        service.load_error = f"the model failed to load: {reason}"
+        log.error(service.load_error, exc_info=exc)
+        if on_fatal is not None:
+            on_fatal(service.load_error)
+        return
+    service.ready = True
+    info = engine.info
+    log.info("ready: %s on %s (%s)", info.name, info.device, info.dtype)

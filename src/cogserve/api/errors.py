@@ -1,0 +1,61 @@
+"""The one place where errors become HTTP responses, always in the BigModel envelope."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cogserve.errors import CogserveError, InvalidField, InvalidRequest, MethodNotAllowed, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: CogserveError) -> JSONResponse:
+    headers = {"x-should-retry": "true" if error.retryable else "false", **error.headers}
+    body = {"error": {"code": error.code, "message": error.message}}
+    return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+async def _cogserve_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CogserveError)
+    if exc.status >= 500:
+        log.error(
+            "request %s failed: %s", getattr(request.state, "request_id", "-"), exc.message, exc_info=exc
+        )
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # Starlette raises these for routing failures: unknown path, wrong method.
+    assert isinstance(exc, StarletteHTTPException)
+    error: CogserveError
+    if exc.status_code == 404:
+        error = NotFound(f"no such API: {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(
+            f"method {request.method} is not allowed on {request.url.path}", headers=dict(exc.headers or {})
+        )
+    else:
+        error = InvalidRequest(str(exc.detail))
+        error.status = exc.status_code
+    return error_response(error)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    # Only path and query parameters reach FastAPI's own validation; bodies are parsed by api.body.
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    field = str(first["loc"][-1]) if first.get("loc") else "parameter"
+    return error_response(InvalidField(field, str(first.get("msg", "invalid"))))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(CogserveError, _cogserve_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

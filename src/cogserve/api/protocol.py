@@ -1,0 +1,167 @@
+"""The wire: request and response bodies of the BigModel images API, and their conversion.
+
+The descriptions here feed ``/docs``. A request model turns itself into a service job
+(``to_job``); validation failures turn into cogserve errors (``validation_error``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cogserve.engine import GenerationParams
+from cogserve.errors import CogserveError, InvalidField, MissingField, PromptTooLong, UnknownModel
+from cogserve.service import ImageJob
+from cogserve.service.sizes import DEFAULT_SIZE, RECOMMENDED_SIZES, parse_size
+from cogserve.settings import ModelSettings
+
+MAX_SEED = 2**63 - 1
+# Visible ASCII only: request_id is echoed in the X-Request-Id header, so no spaces, no CR/LF.
+REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
+
+
+class ImageGenerationRequest(BaseModel):
+    """Body of ``POST /api/paas/v4/images/generations``. A field sent as ``null`` counts as absent."""
+
+    # strict: "1" is not an int and "true" is not a bool. Unknown fields are ignored, because the
+    # SDKs shallow-merge arbitrary ``extra_body`` keys into the body.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str = Field(description="Model code: cogview-4 or cogview-4-250304 (configurable).")
+    prompt: str = Field(description="Text description of the image, Chinese or English.")
+    quality: Literal["standard", "hd"] = Field(
+        "standard", description="standard: fewer denoising steps, faster; hd: more steps, finer detail."
+    )
+    size: str = Field(
+        DEFAULT_SIZE,
+        description="WIDTHxHEIGHT. Recommended: " + ", ".join(RECOMMENDED_SIZES) + ". Custom: each side "
+        "512..2048 px and divisible by 16, width*height <= 2^21 px.",
+    )
+    user_id: str | None = Field(
+        None, min_length=6, max_length=128, description="End user's id (6..128 characters)."
+    )
+    request_id: str | None = Field(
+        None,
+        pattern=REQUEST_ID_PATTERN,
+        description="Client's id for this call (1..128 visible ASCII characters); echoed as `id`, "
+        "`request_id` and the X-Request-Id header. Generated when absent.",
+    )
+    response_format: Literal["url", "b64_json"] = Field(
+        "url", description="url: a link valid for the image lifetime; b64_json: the PNG inline."
+    )
+    n: int = Field(1, description="Number of images; only 1 is supported.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="cogserve extension: the same seed and request give the same pixels. Random when absent.",
+    )
+    user: str | None = Field(None, max_length=256, description="Sent by the SDK; recorded.")
+    style: str | None = Field(None, max_length=64, description="Sent by the SDK; recorded, no effect.")
+    sensitive_word_check: dict[str, Any] | None = Field(
+        None, description="Sent by the SDK; recorded (moderation always applies)."
+    )
+    watermark_enabled: bool | None = Field(
+        None, description="Accepted and recorded; watermarking is not applied yet."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # The SDKs send an argument passed as None as JSON null: the default must apply.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size_rules(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _only_one(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is supported")
+        return value
+
+    def to_job(self, settings: ModelSettings, request_id: str) -> ImageJob:
+        if self.model not in settings.codes:
+            raise UnknownModel(f"model '{self.model}' does not exist; available: {', '.join(settings.codes)}")
+        if len(self.prompt) > settings.max_prompt_chars:
+            raise PromptTooLong(
+                f"prompt is {len(self.prompt)} characters; the limit is {settings.max_prompt_chars}"
+            )
+        width, height = parse_size(self.size)
+        steps = settings.hd_steps if self.quality == "hd" else settings.standard_steps
+        seed = self.seed if self.seed is not None else secrets.randbelow(2**32)
+        return ImageJob(
+            request_id=request_id,
+            model=self.model,
+            quality=self.quality,
+            response_format=self.response_format,
+            params=GenerationParams(
+                prompt=self.prompt,
+                width=width,
+                height=height,
+                steps=steps,
+                guidance_scale=settings.guidance_scale,
+                seed=seed,
+            ),
+            user_id=self.user_id,
+            user=self.user,
+            style=self.style,
+            sensitive_word_check=self.sensitive_word_check,
+            watermark_enabled=self.watermark_enabled,
+        )
+
+
+class ContentFilterEntry(BaseModel):
+    role: Literal["user", "assistant", "history"] = Field(
+        description="Where the check applied: user input, model output (assistant) or history."
+    )
+    level: int = Field(ge=0, le=3, description="Severity, 0 most severe .. 3 slight.")
+
+
+class ImageData(BaseModel):
+    url: str | None = Field(None, description="Link to the PNG, valid until the image expires.")
+    b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
+
+
+class ImageGenerationResponse(BaseModel):
+    created: int = Field(description="Unix time in seconds.")
+    data: list[ImageData] = Field(description="The generated images (one).")
+    content_filter: list[ContentFilterEntry] = Field(description="Safety checks applied.")
+    id: str = Field(description="Id of this call: the request_id if one was sent.")
+    request_id: str = Field(description="The request_id sent, or the generated one.")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="BigModel business code, e.g. 1214.")
+    message: str = Field(description="What went wrong, naming the field when one is at fault.")
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+def validation_error(exc: ValidationError) -> CogserveError:
+    """The first failure of a body, as the BigModel error for it (1213 missing, 1214 invalid)."""
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in first["loc"]) or "body"
+    if first["type"] == "missing":
+        return MissingField(field)
+    reason = str(first["msg"]).removeprefix("Value error, ")
+    return InvalidField(field, reason)

@@ -1,0 +1,131 @@
+"""HTTP routes. Each one parses, delegates to the service, and shapes the answer."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cogserve.api.body import read_json_object
+from cogserve.api.errors import error_response
+from cogserve.api.protocol import (
+    ErrorEnvelope,
+    ImageData,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    validation_error,
+)
+from cogserve.api.urls import public_base_url
+from cogserve.engine import Engine
+from cogserve.errors import NotFound, ServiceUnavailable
+from cogserve.service import ImageService
+from cogserve.settings import Settings
+
+IMAGES_PATH = "/api/paas/v4/images/generations"
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: Engine
+    service: ImageService
+
+
+def context(request: Request) -> AppContext:
+    ctx: AppContext = request.app.state.cogserve
+    return ctx
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorEnvelope} for status in statuses}
+
+
+router = APIRouter()
+
+
+@router.post(
+    IMAGES_PATH,
+    response_model=ImageGenerationResponse,
+    response_model_exclude_none=True,
+    responses=_errors(400, 413, 500, 503),
+    summary="Generate an image (BigModel CogView-4 API)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ImageGenerationRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_image(request: Request) -> JSONResponse:
+    ctx = context(request)
+    data = await read_json_object(request, ctx.settings.server.max_body_bytes)
+    try:
+        body = ImageGenerationRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    request_id = body.request_id or request.state.request_id
+    request.state.request_id = request_id
+    job = body.to_job(ctx.settings.model, request_id)
+    stored = await ctx.service.generate(job)
+    if job.response_format == "b64_json":
+        item = ImageData(b64_json=base64.b64encode(stored.png).decode("ascii"))
+    else:
+        base = public_base_url(request, ctx.settings.server)
+        item = ImageData(url=f"{base}/files/{stored.image_id}.png")
+    response = ImageGenerationResponse(
+        created=stored.created,
+        data=[item],
+        content_filter=stored.content_filter,  # type: ignore[arg-type]
+        id=request_id,
+        request_id=request_id,
+    )
+    return JSONResponse(response.model_dump(exclude_none=True))
+
+
+@router.get(
+    "/files/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"image/png": {}}}, **_errors(404)},
+    summary="Fetch a generated image (the URL is the capability: no key needed)",
+)
+async def get_image(name: str, request: Request) -> FileResponse:
+    image_id = name.removesuffix(".png")
+    if image_id == name:
+        raise NotFound("image not found")
+    path, expires_at = await context(request).service.image_file(image_id)
+    return FileResponse(
+        path,
+        media_type="image/png",
+        # Cacheable for as long as the link lives; the bytes behind an id never change.
+        headers={"Cache-Control": f"private, max-age={max(0, int(expires_at - time.time()))}, immutable"},
+    )
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="The model is loaded and warmed up", responses=_errors(503))
+async def readyz(request: Request) -> Response:
+    ctx = context(request)
+    if not ctx.service.ready:
+        message = ctx.service.load_error or "the model is still loading"
+        return error_response(ServiceUnavailable(message, headers={"Retry-After": "5"}))
+    info = ctx.engine.info
+    return JSONResponse(
+        {
+            "status": "ready",
+            "model": info.name,
+            "builtin": info.builtin,
+            "device": info.device,
+            "dtype": info.dtype,
+        }
+    )

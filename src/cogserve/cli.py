@@ -1,0 +1,208 @@
+"""The ``cogserve`` command: serve, generate, gc.
+
+Flags are optional overrides: a flag left out falls back to its ``COGSERVE_...`` environment
+variable, then to the default in ``settings.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+
+from cogserve.errors import CogserveError
+from cogserve.settings import Settings
+
+app = typer.Typer(
+    help="Self-hosted CogView-4 image generation (BigModel-compatible API).", no_args_is_help=True
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Images, metadata DB, built-in model [COGSERVE_STORAGE__DATA_DIR]"),
+]
+ModelPath = Annotated[
+    str | None,
+    typer.Option("--model-path", help="CogView4 diffusers folder or cached repo id [COGSERVE_MODEL__PATH]"),
+]
+AllowDownload = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-download/--no-download", help="Let a repo id be downloaded [COGSERVE_MODEL__ALLOW_DOWNLOAD]"
+    ),
+]
+Device = Annotated[
+    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N [COGSERVE_MODEL__DEVICE]")
+]
+DType = Annotated[str | None, typer.Option("--dtype", help="auto | bf16 | fp32 [COGSERVE_MODEL__DTYPE]")]
+
+
+def _settings(**areas: dict[str, Any]) -> Settings:
+    """Settings from env and defaults, with the flags that were given laid on top."""
+    overrides: dict[str, Any] = {
+        area: {key: value for key, value in values.items() if value is not None}
+        for area, values in areas.items()
+    }
+    try:
+        return Settings(**{area: values for area, values in overrides.items() if values})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        _fail(f"invalid setting {where}: {str(first['msg']).removeprefix('Value error, ')}")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _configure(settings: Settings, log_level: str) -> None:
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # The server never reaches the hub at run time unless told to.
+    if not settings.model.allow_download:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [COGSERVE_SERVER__HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind [COGSERVE_SERVER__PORT]")] = None,
+    data_dir: DataDir = None,
+    model_path: ModelPath = None,
+    public_url: Annotated[
+        str | None, typer.Option(help="Base URL of image links [COGSERVE_SERVER__PUBLIC_URL]")
+    ] = None,
+    allow_download: AllowDownload = None,
+    device: Device = None,
+    dtype: DType = None,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
+) -> None:
+    """Serve the images API over HTTP."""
+    import uvicorn
+
+    from cogserve.api import create_app
+    from cogserve.engine.loader import preflight
+
+    settings = _settings(
+        server={"host": host, "port": port, "public_url": public_url},
+        model={"path": model_path, "allow_download": allow_download, "device": device, "dtype": dtype},
+        storage={"data_dir": data_dir},
+    )
+    _configure(settings, log_level)
+    try:
+        preflight(settings.model)
+    except CogserveError as exc:
+        _fail(exc.message)
+    fatal: list[str] = []
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        server.should_exit = True  # bound below, before the model can fail to load
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, on_fatal=on_fatal),
+            host=settings.server.host,
+            port=settings.server.port,
+            log_config=None,
+            access_log=False,  # cogserve's middleware logs one line per request, with its id
+            proxy_headers=False,  # forwarded headers are handled by api.urls, from trusted peers only
+            timeout_graceful_shutdown=30,
+        )
+    )
+    server.run()
+    if fatal:
+        _fail(fatal[0], code=1)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw")],
+    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT (seed rules)")] = "1024x1024",
+    quality: Annotated[str, typer.Option(help="standard | hd")] = "standard",
+    seed: Annotated[int | None, typer.Option(help="Same seed -> same image")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG to write")] = None,
+    data_dir: DataDir = None,
+    model_path: ModelPath = None,
+    allow_download: AllowDownload = None,
+    device: Device = None,
+    dtype: DType = None,
+) -> None:
+    """Generate one image in this process, with a progress bar per denoising step."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cogserve.api.protocol import ImageGenerationRequest, validation_error
+    from cogserve.engine import create_engine
+    from cogserve.service.images import encode_png
+    from cogserve.storage.files import atomic_write
+
+    settings = _settings(
+        model={"path": model_path, "allow_download": allow_download, "device": device, "dtype": dtype},
+        storage={"data_dir": data_dir},
+    )
+    _configure(settings, "warning")
+    try:
+        request = ImageGenerationRequest.model_validate(
+            {
+                "model": settings.model.codes[0],
+                "prompt": prompt,
+                "size": size,
+                "quality": quality,
+                "seed": seed,
+            }
+        )
+    except ValidationError as exc:
+        _fail(validation_error(exc).message)
+    try:
+        params = request.to_job(settings.model, request_id="cli").params
+        engine = create_engine(settings)
+        engine.load()
+        with Progress(
+            TextColumn("denoising"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+        ) as progress:
+            task = progress.add_task("denoising", total=params.steps)
+            result = engine.generate_sync(
+                params, on_progress=lambda done, total: progress.update(task, completed=done)
+            )
+        target = output or Path(f"cogserve-{params.seed}.png")
+        atomic_write(target, encode_png(result.image))
+    except CogserveError as exc:
+        _fail(exc.message, code=1)
+    except OSError as exc:
+        _fail(f"could not write the image: {exc}", code=1)
+    typer.echo(
+        f"wrote {target} ({params.width}x{params.height}, seed {params.seed}, {result.elapsed_s:.2f} s)"
+    )
+
+
+@app.command()
+def gc(data_dir: DataDir = None) -> None:
+    """Delete expired images (files and rows), and files a crash left behind."""
+    from cogserve.storage import LocalImageStore, MetadataStore
+    from cogserve.storage.sweep import sweep
+
+    settings = _settings(storage={"data_dir": data_dir})
+    _configure(settings, "warning")
+    metadata = MetadataStore(settings.database_url)
+    started = time.perf_counter()
+    try:
+        metadata.create_schema()
+        report = sweep(LocalImageStore(settings.images_dir), metadata)
+    except CogserveError as exc:
+        _fail(exc.message, code=1)
+    finally:
+        metadata.close()
+    typer.echo(
+        f"deleted {report.expired} expired images, {report.orphan_files} orphan files, "
+        f"{report.temp_files} temp files in {time.perf_counter() - started:.2f} s"
+    )

@@ -1,0 +1,116 @@
+"""Find and load a CogView4 pipeline: the built-in tiny one, a local folder, or the local HF cache."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from cogserve.engine.builtin import BUILTIN_NAME, ensure_builtin_model
+from cogserve.errors import ConfigError
+from cogserve.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+BUILTIN_WARNING = (
+    "Serving the BUILT-IN TINY CogView4 model: it has RANDOM WEIGHTS, so every image is noise. "
+    "It exists so cogserve runs with no download. For real images pass --model-path "
+    "/path/to/CogView4-6B (a diffusers-layout folder) or a repo id already in the local Hugging Face "
+    "cache, e.g. --model-path zai-org/CogView4-6B."
+)
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device '{requested}' requested but CUDA is not available here")
+        return requested
+    if requested == "cpu":
+        return requested
+    raise ConfigError(f"unknown device '{requested}': use auto, cpu, cuda or cuda:N")
+
+
+def resolve_dtype(requested: str, device: str) -> Any:
+    import torch
+
+    if requested == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if requested == "bf16":
+        if device == "cpu":
+            log.warning("bf16 on CPU is much slower than fp32 (about 13x measured); prefer --dtype fp32")
+        return torch.bfloat16
+    if requested == "fp32":
+        return torch.float32
+    # Settings already refuse fp16 with its reason; anything else is a programming error.
+    raise ConfigError(f"unsupported dtype '{requested}': use auto, bf16 or fp32")
+
+
+def locate_model(settings: ModelSettings, models_dir: Path) -> tuple[str, bool]:
+    """Return (what to pass to from_pretrained, whether it is the built-in model)."""
+    if settings.path is None:
+        return str(ensure_builtin_model(models_dir)), True
+    path = Path(settings.path).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ConfigError(
+                f"model folder '{path}' has no model_index.json: point --model-path at a diffusers-layout "
+                "CogView4 folder (the one holding model_index.json, transformer/, vae/, ...)"
+            )
+        return str(path), False
+    if path.exists() or settings.path.count("/") != 1:
+        raise ConfigError(
+            f"model path '{settings.path}' is neither a diffusers-layout folder nor a Hugging Face repo id"
+        )
+    if not settings.allow_download and not _in_hf_cache(settings.path):
+        raise ConfigError(
+            f"'{settings.path}' is not in the local Hugging Face cache and downloads are off. Fetch it "
+            f"first (huggingface-cli download {settings.path}), point --model-path at a local folder, "
+            "or pass --allow-download."
+        )
+    return settings.path, False
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
+
+
+def preflight(settings: ModelSettings) -> None:
+    """Check what can be checked before the server starts: device, dtype, where the model is."""
+    resolve_dtype(settings.dtype, resolve_device(settings.device))
+    if settings.path is not None:
+        locate_model(settings, Path("."))
+
+
+def _quiet_progress_bars() -> None:
+    # Loading bars from diffusers/transformers would interleave with the server's log lines.
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def load_pipeline(settings: ModelSettings, models_dir: Path, device: str) -> tuple[Any, bool]:
+    from diffusers import CogView4Pipeline
+
+    _quiet_progress_bars()
+    source, builtin = locate_model(settings, models_dir)
+    if builtin:
+        log.warning(BUILTIN_WARNING)
+    dtype = resolve_dtype(settings.dtype, device)
+    try:
+        pipe = CogView4Pipeline.from_pretrained(
+            source, dtype=dtype, local_files_only=not settings.allow_download
+        )
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load model '{source}': {exc}") from exc
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    log.info("loaded %s on %s (%s)", BUILTIN_NAME if builtin else source, device, str(dtype))
+    return pipe, builtin

@@ -1,0 +1,102 @@
+"""Image bytes on the local disk, written atomically, addressed only by validated ids."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from cogserve.errors import StorageError
+
+# 24 random bytes, URL-safe base64: 192 bits, so URLs are unguessable capabilities.
+_ID_BYTES = 24
+IMAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{32}")
+_TEMP_SUFFIX = ".tmp"
+
+
+def new_image_id() -> str:
+    return secrets.token_urlsafe(_ID_BYTES)
+
+
+def is_image_id(value: str) -> bool:
+    return IMAGE_ID_RE.fullmatch(value) is not None
+
+
+class LocalImageStore:
+    """PNG files under ``root/<first two id chars>/<id>.png``.
+
+    Only ids matching ``IMAGE_ID_RE`` ever become paths, so no client string reaches the filesystem.
+    Writes go to a temp file in the same folder, are fsynced, then renamed: a reader sees the whole
+    file or none, even after a crash.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path_for(self, image_id: str) -> Path:
+        if not is_image_id(image_id):
+            raise ValueError(f"not an image id: {image_id!r}")
+        return self.root / image_id[:2] / f"{image_id}.png"
+
+    def write(self, image_id: str, data: bytes) -> Path:
+        target = self.path_for(image_id)
+        try:
+            atomic_write(target, data)
+        except OSError as exc:
+            raise StorageError(f"could not store image: {exc.strerror or exc}") from exc
+        return target
+
+    def exists(self, image_id: str) -> bool:
+        return self.path_for(image_id).is_file()
+
+    def delete(self, image_id: str) -> bool:
+        try:
+            self.path_for(image_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def stored_ids(self, older_than_s: float = 0.0) -> Iterator[str]:
+        """Ids of stored images whose file is at least ``older_than_s`` seconds old."""
+        cutoff = time.time() - older_than_s
+        for path in self.root.glob("??/*.png"):
+            if is_image_id(path.stem) and _mtime(path) <= cutoff:
+                yield path.stem
+
+    def remove_stale_temp_files(self, older_than_s: float) -> int:
+        """Delete temp files a crashed writer left behind."""
+        cutoff, removed = time.time() - older_than_s, 0
+        for path in self.root.glob(f"??/.*{_TEMP_SUFFIX}"):
+            if _mtime(path) <= cutoff:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
+
+def atomic_write(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` so that readers see the old file, or the whole new one."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=_TEMP_SUFFIX, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")

@@ -1,0 +1,44 @@
+"""Small helpers the tests share."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cogserve.storage import ImageRow, MetadataStore
+
+IMAGES = "/api/paas/v4/images/generations"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of PNG bytes; fails if they are not a PNG."""
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        return image.size
+
+
+def generate(client: TestClient, **body: Any) -> Any:
+    payload = {"model": "cogview-4", "prompt": "a cute kitten", "size": "512x512", **body}
+    return client.post(IMAGES, json=payload)
+
+
+def image_id_of(url: str) -> str:
+    return url.rsplit("/", 1)[1].removesuffix(".png")
+
+
+def metadata_of(client: TestClient) -> MetadataStore:
+    """A separate connection to the app's metadata DB: what is really committed."""
+    return MetadataStore(client.app.state.cogserve.settings.database_url)  # type: ignore[attr-defined]
+
+
+def row_of(client: TestClient, url: str) -> ImageRow:
+    store = metadata_of(client)
+    try:
+        row = store.get(image_id_of(url))
+    finally:
+        store.close()
+    assert row is not None
+    return row

@@ -1,0 +1,52 @@
+import pytest
+from pydantic import ValidationError
+
+from cogserve.settings import Settings
+
+
+def test_env_vars_reach_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COGSERVE_SERVER__PORT", "9123")
+    monkeypatch.setenv("COGSERVE_MODEL__HD_STEPS", "40")
+    monkeypatch.setenv("COGSERVE_STORAGE__IMAGE_TTL_DAYS", "7")
+    settings = Settings()
+    assert settings.server.port == 9123
+    assert settings.model.hd_steps == 40
+    assert settings.storage.image_ttl_days == 7
+
+
+def test_explicit_values_beat_env_and_keep_other_env_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COGSERVE_SERVER__PORT", "9123")
+    monkeypatch.setenv("COGSERVE_SERVER__HOST", "0.0.0.0")
+    settings = Settings(server={"port": 8001})
+    assert settings.server.port == 8001
+    assert settings.server.host == "0.0.0.0"
+
+
+def test_defaults_follow_the_issue() -> None:
+    settings = Settings()
+    assert settings.model.standard_steps == 20
+    assert settings.model.hd_steps == 50
+    assert settings.model.guidance_scale == 3.5
+    assert settings.model.codes == ["cogview-4", "cogview-4-250304"]
+    assert settings.storage.image_ttl_days == 30
+    assert settings.model.allow_download is False
+
+
+@pytest.mark.parametrize("value", ["fp16", "float16", "FP16"])
+def test_fp16_is_refused_with_the_reason(value: str) -> None:
+    with pytest.raises(ValidationError, match="overflows in float16"):
+        Settings(model={"dtype": value})
+
+
+def test_public_url_must_be_http_and_loses_trailing_slash() -> None:
+    assert Settings(server={"public_url": "https://img.example.com/"}).server.public_url == (
+        "https://img.example.com"
+    )
+    with pytest.raises(ValidationError, match="http"):
+        Settings(server={"public_url": "ftp://x"})
+
+
+def test_database_defaults_to_sqlite_in_data_dir(tmp_path) -> None:
+    settings = Settings(storage={"data_dir": tmp_path})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'cogserve.db'}"
+    assert settings.builtin_model_dir == tmp_path / "models"

@@ -77,7 +77,9 @@ def make_client(
 ) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
-    def make(settings: Settings | None = None, engine: Engine | None = None, ready: bool = True) -> TestClient:
+    def make(
+        settings: Settings | None = None, engine: Engine | None = None, ready: bool = True
+    ) -> TestClient:
         app = create_app(settings or make_settings(), engine=engine or shared_engine)
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()

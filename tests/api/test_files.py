@@ -126,9 +126,7 @@ def test_sweep_removes_orphan_files_and_stale_temp_files_after_a_grace(client: T
     assert client.get(kept).status_code == 200
 
 
-def test_a_failed_row_insert_leaves_no_file(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_row_insert_leaves_no_file(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken_add(self: MetadataStore, row: object) -> None:
         raise StorageError("database error while trying to record the image")
 
@@ -136,7 +134,8 @@ def test_a_failed_row_insert_leaves_no_file(
     response = generate(client)
     assert response.status_code == 500
     assert response.json()["error"] == {
-        "code": "500", "message": "database error while trying to record the image",
+        "code": "500",
+        "message": "database error while trying to record the image",
     }
     assert response.headers["x-should-retry"] == "false"
     assert list(settings_of(client).images_dir.glob("**/*.png")) == []

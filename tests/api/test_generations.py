@@ -52,9 +52,19 @@ def test_request_id_is_echoed_and_becomes_the_call_id(client: TestClient) -> Non
 
 def test_every_optional_field_sent_as_null_takes_its_default(client: TestClient) -> None:
     body = {
-        "model": "cogview-4-250304", "prompt": "a cat", "size": None, "quality": None, "user_id": None,
-        "n": None, "response_format": None, "request_id": None, "style": None, "user": None,
-        "sensitive_word_check": None, "watermark_enabled": None, "seed": None,
+        "model": "cogview-4-250304",
+        "prompt": "a cat",
+        "size": None,
+        "quality": None,
+        "user_id": None,
+        "n": None,
+        "response_format": None,
+        "request_id": None,
+        "style": None,
+        "user": None,
+        "sensitive_word_check": None,
+        "watermark_enabled": None,
+        "seed": None,
     }
     response = client.post(IMAGES, json=body)
     assert response.status_code == 200, response.text
@@ -105,14 +115,26 @@ def test_quality_changes_the_number_of_steps(client: TestClient) -> None:
 
 def test_the_row_records_the_request(client: TestClient) -> None:
     response = generate(
-        client, prompt="夕阳下的长城", user_id="end-user-42", seed=77, quality="hd", size="768x512",
-        request_id="rec-1", user="alice", style="vivid", watermark_enabled=False,
+        client,
+        prompt="夕阳下的长城",
+        user_id="end-user-42",
+        seed=77,
+        quality="hd",
+        size="768x512",
+        request_id="rec-1",
+        user="alice",
+        style="vivid",
+        watermark_enabled=False,
         sensitive_word_check={"type": "ALL", "status": "DISABLE"},
     )
     created = response.json()["created"]
     row = row_of(client, response.json()["data"][0]["url"])
     assert (row.prompt, row.user_id, row.seed, row.quality, row.request_id) == (
-        "夕阳下的长城", "end-user-42", 77, "hd", "rec-1",
+        "夕阳下的长城",
+        "end-user-42",
+        77,
+        "hd",
+        "rec-1",
     )
     assert (row.width, row.height, row.steps, row.guidance_scale) == (768, 512, 3, 3.5)
     assert row.model == "cogview-4" and row.duration_s > 0
@@ -128,7 +150,11 @@ def test_public_url_setting_prefixes_links(make_client: Callable[..., TestClient
     assert url.startswith("https://img.example.com/cog/files/")
 
 
-FORWARDED = {"x-forwarded-proto": "https", "x-forwarded-host": "images.example.org", "x-forwarded-prefix": "/v"}
+FORWARDED = {
+    "x-forwarded-proto": "https",
+    "x-forwarded-host": "images.example.org",
+    "x-forwarded-prefix": "/v",
+}
 
 
 def test_forwarded_headers_from_a_trusted_proxy(
@@ -136,12 +162,14 @@ def test_forwarded_headers_from_a_trusted_proxy(
 ) -> None:
     # TestClient's peer address is "testclient".
     client = make_client(make_settings(server={"forwarded_allow_ips": ["testclient"]}))
-    url = client.post(IMAGES, json={"model": "cogview-4", "prompt": "x", "size": "512x512"},
-                      headers=FORWARDED).json()["data"][0]["url"]
+    url = client.post(
+        IMAGES, json={"model": "cogview-4", "prompt": "x", "size": "512x512"}, headers=FORWARDED
+    ).json()["data"][0]["url"]
     assert url.startswith("https://images.example.org/v/files/")
 
 
 def test_forwarded_headers_from_anyone_else_are_ignored(client: TestClient) -> None:
-    url = client.post(IMAGES, json={"model": "cogview-4", "prompt": "x", "size": "512x512"},
-                      headers=FORWARDED).json()["data"][0]["url"]
+    url = client.post(
+        IMAGES, json={"model": "cogview-4", "prompt": "x", "size": "512x512"}, headers=FORWARDED
+    ).json()["data"][0]["url"]
     assert url.startswith("http://testserver/files/")

@@ -19,10 +19,19 @@ from tests.helpers import IMAGES, generate
 class WrappedEngine:
     """The real engine with a fault (or a pause) injected in front of it."""
 
-    def __init__(self, inner: Engine, *, fail_generate: Exception | None = None,
-                 hold_load: threading.Event | None = None, fail_load: Exception | None = None) -> None:
+    def __init__(
+        self,
+        inner: Engine,
+        *,
+        fail_generate: Exception | None = None,
+        hold_load: threading.Event | None = None,
+        fail_load: Exception | None = None,
+    ) -> None:
         self.inner, self.fail_generate, self.hold_load, self.fail_load = (
-            inner, fail_generate, hold_load, fail_load,
+            inner,
+            fail_generate,
+            hold_load,
+            fail_load,
         )
 
     @property
@@ -39,14 +48,16 @@ class WrappedEngine:
     def warmup(self) -> None:
         self.inner.warmup()
 
-    async def generate(self, params: GenerationParams, on_progress: ProgressCallback | None = None
-                       ) -> GenerationOutput:
+    async def generate(
+        self, params: GenerationParams, on_progress: ProgressCallback | None = None
+    ) -> GenerationOutput:
         if self.fail_generate is not None:
             raise self.fail_generate
         return await self.inner.generate(params, on_progress)
 
-    def generate_sync(self, params: GenerationParams, on_progress: ProgressCallback | None = None
-                      ) -> GenerationOutput:
+    def generate_sync(
+        self, params: GenerationParams, on_progress: ProgressCallback | None = None
+    ) -> GenerationOutput:
         return self.inner.generate_sync(params, on_progress)
 
 
@@ -61,8 +72,11 @@ def test_not_ready_until_loaded_and_warmed_up(
     make_client: Callable[..., TestClient], make_settings, shared_engine: Engine
 ) -> None:
     gate = threading.Event()
-    client = make_client(make_settings(model={"warmup": True}), engine=WrappedEngine(shared_engine,
-                         hold_load=gate), ready=False)
+    client = make_client(
+        make_settings(model={"warmup": True}),
+        engine=WrappedEngine(shared_engine, hold_load=gate),
+        ready=False,
+    )
     assert client.get("/healthz").status_code == 200
     readyz = client.get("/readyz")
     assert readyz.status_code == 503 and readyz.json()["error"]["code"] == "1305"
@@ -139,8 +153,12 @@ def test_every_response_has_a_request_id_and_one_log_line(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.INFO, logger="cogserve.access"):
-        responses = [client.get("/healthz"), client.get("/nope"), client.post(IMAGES, json={}),
-                     client.delete(IMAGES)]
+        responses = [
+            client.get("/healthz"),
+            client.get("/nope"),
+            client.post(IMAGES, json={}),
+            client.delete(IMAGES),
+        ]
     ids = [r.headers["x-request-id"] for r in responses]
     assert len(set(ids)) == 4
     lines = [r.getMessage() for r in caplog.records if r.name == "cogserve.access"]

@@ -100,7 +100,8 @@ def test_bodies_that_are_not_a_json_object(
 def test_json_with_charset_and_vendor_types_is_accepted(client: TestClient) -> None:
     for content_type in ("application/json; charset=utf-8", "application/vnd.api+json"):
         response = client.post(
-            IMAGES, content=b'{"model": "cogview-4", "prompt": "x", "size": "512x512"}',
+            IMAGES,
+            content=b'{"model": "cogview-4", "prompt": "x", "size": "512x512"}',
             headers={"content-type": content_type},
         )
         assert response.status_code == 200, response.text

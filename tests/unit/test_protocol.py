@@ -10,8 +10,17 @@ BASE = {"model": "cogview-4", "prompt": "a cat"}
 
 def test_null_is_the_same_as_absent() -> None:
     with_nulls = ImageGenerationRequest.model_validate(
-        {**BASE, "size": None, "quality": None, "user_id": None, "n": None, "seed": None,
-         "response_format": None, "request_id": None, "watermark_enabled": None}
+        {
+            **BASE,
+            "size": None,
+            "quality": None,
+            "user_id": None,
+            "n": None,
+            "seed": None,
+            "response_format": None,
+            "request_id": None,
+            "watermark_enabled": None,
+        }
     )
     assert with_nulls == ImageGenerationRequest.model_validate(BASE)
     assert with_nulls.size == "1024x1024"

@@ -13,7 +13,7 @@ from cogserve.settings import ModelSettings
 log = logging.getLogger(__name__)
 
 BUILTIN_WARNING = (
-    "Serving the BUILT-IN TINY CogView4 model: it has RANDOM WEIGHTS, so every image is noise. "
+    "Using the BUILT-IN TINY CogView4 model: it has RANDOM WEIGHTS, so every image is noise. "
     "It exists so cogserve runs with no download. For real images pass --model-path "
     "/path/to/CogView4-6B (a diffusers-layout folder) or a repo id already in the local Hugging Face "
     "cache, e.g. --model-path zai-org/CogView4-6B."

@@ -106,3 +106,22 @@ def test_plain_http_and_request_ids(server: Server) -> None:
     assert response.headers["x-request-id"] == "curl-1"
     assert response.json()["id"] == "curl-1"
     assert "curl-1" in server.log.read_text()  # one access-log line per request, with its id
+
+
+def test_concurrent_clients_all_get_their_own_image(server: Server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(i: int) -> tuple[str, str]:
+        response = httpx.post(
+            f"{server.url}/api/paas/v4/images/generations",
+            json={"model": "cogview-4", "prompt": f"cat {i}", "size": "512x512", "request_id": f"par-{i}"},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["request_id"], response.json()["data"][0]["url"]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, range(6)))
+    assert [request_id for request_id, _ in results] == [f"par-{i}" for i in range(6)]
+    assert len({url for _, url in results}) == 6
+    assert all(fetch_png_size(url) == (512, 512) for _, url in results)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ class PipelineEngine:
         self._pipe: Any = None
         self._info: ModelInfo | None = None
         self._lock = threading.Lock()
-        self._async_lock: asyncio.Lock | None = None
+        # One worker thread: async callers queue here instead of filling the default thread pool,
+        # and unlike an asyncio.Lock it is bound to no event loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogserve-pipeline")
 
     @property
     def info(self) -> ModelInfo:
@@ -61,11 +64,8 @@ class PipelineEngine:
     async def generate(
         self, params: GenerationParams, on_progress: ProgressCallback | None = None
     ) -> GenerationOutput:
-        # An asyncio lock in front of the thread lock keeps waiting requests off the thread pool.
-        if self._async_lock is None:
-            self._async_lock = asyncio.Lock()
-        async with self._async_lock:
-            return await asyncio.to_thread(self.generate_sync, params, on_progress)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.generate_sync, params, on_progress)
 
     def generate_sync(
         self, params: GenerationParams, on_progress: ProgressCallback | None = None

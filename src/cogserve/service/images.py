@@ -116,8 +116,8 @@ class ImageService:
                 report = await asyncio.to_thread(self.sweep)
                 if report:
                     log.info("sweep: %s", report)
-            except StorageError as exc:
-                log.error("sweep failed: %s", exc)
+            except Exception:
+                log.exception("sweep failed; retrying in %.0f s", self._settings.storage.sweep_interval_s)
             await asyncio.sleep(self._settings.storage.sweep_interval_s)
 
 

@@ -59,7 +59,8 @@ def test_generate_default_output_name_and_bad_size(tmp_path: Path, models_dir: P
     assert png_size((tmp_path / "cogserve-5.png").read_bytes()) == (512, 512)
     bad = run(models_dir, "generate", "a cat", "--size", "500x500", cwd=tmp_path)
     assert bad.returncode == 2
-    assert "invalid size" in bad.stderr and "divisible by 16" not in bad.stdout
+    assert "invalid size" in bad.stderr and "between 512 and 2048" in bad.stderr
+    assert not (tmp_path / "cogserve-None.png").exists() and len(list(tmp_path.glob("*.png"))) == 1
 
 
 def test_serve_refuses_impossible_settings_clearly(tmp_path: Path, models_dir: Path) -> None:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from cogserve.api.body import read_json_object
 from cogserve.api.errors import error_response
 from cogserve.api.protocol import (
+    ContentFilterEntry,
     ErrorEnvelope,
     ImageData,
     ImageGenerationRequest,
@@ -82,7 +83,7 @@ async def create_image(request: Request) -> JSONResponse:
     response = ImageGenerationResponse(
         created=stored.created,
         data=[item],
-        content_filter=stored.content_filter,  # type: ignore[arg-type]
+        content_filter=[ContentFilterEntry.model_validate(entry) for entry in stored.content_filter],
         id=request_id,
         request_id=request_id,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -45,7 +44,6 @@ class ImageJob:
 class StoredImage:
     image_id: str
     created: int
-    expires_at: float
     png: bytes
     seed: int
     content_filter: list[dict[str, Any]] = field(default_factory=list)
@@ -78,7 +76,6 @@ class ImageService:
         return StoredImage(
             image_id=image_id,
             created=int(created),
-            expires_at=expires_at,
             png=png,
             seed=output.seed,
             content_filter=[{"role": "user", "level": 3}],
@@ -131,8 +128,7 @@ def _row_for(job: ImageJob, image_id: str, created: float, expires_at: float, el
     params = job.params
     check = None
     if job.sensitive_word_check is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            check = json.dumps(job.sensitive_word_check, ensure_ascii=False)
+        check = json.dumps(job.sensitive_word_check, ensure_ascii=False)
     return ImageRow(
         id=image_id,
         created_at=created,

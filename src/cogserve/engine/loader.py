@@ -53,25 +53,30 @@ def locate_model(settings: ModelSettings, models_dir: Path) -> tuple[str, bool]:
     """Return (what to pass to from_pretrained, whether it is the built-in model)."""
     if settings.path is None:
         return str(ensure_builtin_model(models_dir)), True
-    path = Path(settings.path).expanduser()
+    return _locate_given(settings.path, settings.allow_download), False
+
+
+def _locate_given(given: str, allow_download: bool) -> str:
+    """A --model-path: a diffusers folder, or a repo id (in the local HF cache unless downloads are on)."""
+    path = Path(given).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ConfigError(
                 f"model folder '{path}' has no model_index.json: point --model-path at a diffusers-layout "
                 "CogView4 folder (the one holding model_index.json, transformer/, vae/, ...)"
             )
-        return str(path), False
-    if path.exists() or settings.path.count("/") != 1:
+        return str(path)
+    if path.exists() or given.count("/") != 1:
         raise ConfigError(
-            f"model path '{settings.path}' is neither a diffusers-layout folder nor a Hugging Face repo id"
+            f"model path '{given}' is neither a diffusers-layout folder nor a Hugging Face repo id"
         )
-    if not settings.allow_download and not _in_hf_cache(settings.path):
+    if not allow_download and not _in_hf_cache(given):
         raise ConfigError(
-            f"'{settings.path}' is not in the local Hugging Face cache and downloads are off. Fetch it "
-            f"first (huggingface-cli download {settings.path}), point --model-path at a local folder, "
+            f"'{given}' is not in the local Hugging Face cache and downloads are off. Fetch it "
+            f"first (huggingface-cli download {given}), point --model-path at a local folder, "
             "or pass --allow-download."
         )
-    return settings.path, False
+    return given
 
 
 def _in_hf_cache(repo_id: str) -> bool:
@@ -84,7 +89,7 @@ def preflight(settings: ModelSettings) -> None:
     """Check what can be checked before the server starts: device, dtype, where the model is."""
     resolve_dtype(settings.dtype, resolve_device(settings.device))
     if settings.path is not None:
-        locate_model(settings, Path("."))
+        _locate_given(settings.path, settings.allow_download)
 
 
 def _quiet_progress_bars() -> None:

@@ -62,7 +62,12 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("body", "code", "text"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def table(cases: list[tuple[Any, ...]]) -> list[Any]:
+    """Rows of (case id, *values) as pytest params named by their case id."""
+    return [pytest.param(*values, id=case_id) for case_id, *values in cases]
+
+
+@pytest.mark.parametrize(("body", "code", "text"), table(CASES))
 def test_invalid_bodies(client: TestClient, body: dict[str, Any], code: str, text: str) -> None:
     response = client.post(IMAGES, json=body)
     assert response.status_code == 400, response.text
@@ -85,9 +90,7 @@ RAW_CASES = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("raw", "content_type", "status"), [c[1:] for c in RAW_CASES], ids=[c[0] for c in RAW_CASES]
-)
+@pytest.mark.parametrize(("raw", "content_type", "status"), table(RAW_CASES))
 def test_bodies_that_are_not_a_json_object(
     client: TestClient, raw: bytes, content_type: str | None, status: int
 ) -> None:

@@ -40,6 +40,43 @@ Device = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N [COGSERVE_MODEL__DEVICE]")
 ]
 DType = Annotated[str | None, typer.Option("--dtype", help="auto | bf16 | fp32 [COGSERVE_MODEL__DTYPE]")]
+Offload = Annotated[
+    str | None,
+    typer.Option(help="none | model | sequential: CPU offload, CUDA only [COGSERVE_MODEL__OFFLOAD]"),
+]
+VaeTiling = Annotated[
+    bool | None,
+    typer.Option("--vae-tiling/--no-vae-tiling", help="Tiled VAE decode [COGSERVE_MODEL__VAE_TILING]"),
+]
+TextEncoderQuant = Annotated[
+    str | None,
+    typer.Option(help="none | int8 (torchao) | nf4 (CUDA) [COGSERVE_MODEL__TEXT_ENCODER_QUANT]"),
+]
+Compile = Annotated[
+    bool | None,
+    typer.Option("--compile/--no-compile", help="torch.compile the transformer [COGSERVE_MODEL__COMPILE]"),
+]
+StepCache = Annotated[
+    str | None, typer.Option(help="none | fbc:<threshold> First Block Cache [COGSERVE_MODEL__STEP_CACHE]")
+]
+
+
+def _mode_flags(
+    dtype: str | None,
+    offload: str | None,
+    vae_tiling: bool | None,
+    text_encoder_quant: str | None,
+    compile: bool | None,
+    step_cache: str | None,
+) -> dict[str, Any]:
+    return {
+        "dtype": dtype,
+        "offload": offload,
+        "vae_tiling": vae_tiling,
+        "text_encoder_quant": text_encoder_quant,
+        "compile": compile,
+        "step_cache": step_cache,
+    }
 
 
 def _settings(**areas: dict[str, Any]) -> Settings:
@@ -82,6 +119,29 @@ def serve(
     allow_download: AllowDownload = None,
     device: Device = None,
     dtype: DType = None,
+    offload: Offload = None,
+    vae_tiling: VaeTiling = None,
+    text_encoder_quant: TextEncoderQuant = None,
+    compile: Compile = None,
+    step_cache: StepCache = None,
+    warmup_sizes: Annotated[
+        str | None,
+        typer.Option(help="Warm before ready: 1024x1024:20,512x512 [COGSERVE_MODEL__WARMUP_SIZES]"),
+    ] = None,
+    max_queue: Annotated[
+        int | None, typer.Option(help="Waiting requests before 429 [COGSERVE_SCHEDULER__MAX_QUEUE]")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Images per pipeline call [COGSERVE_SCHEDULER__MAX_BATCH_SIZE]")
+    ] = None,
+    max_batch_wait_ms: Annotated[
+        float | None,
+        typer.Option(help="Longest wait for batch company [COGSERVE_SCHEDULER__MAX_BATCH_WAIT_MS]"),
+    ] = None,
+    request_timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds before a request times out [COGSERVE_SCHEDULER__REQUEST_TIMEOUT_S]"),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Serve the images API over HTTP."""
@@ -89,15 +149,29 @@ def serve(
 
     from cogserve.api import create_app
     from cogserve.engine.loader import preflight
+    from cogserve.service.sizes import check_warmup_sizes
 
     settings = _settings(
         server={"host": host, "port": port, "public_url": public_url},
-        model={"path": model_path, "allow_download": allow_download, "device": device, "dtype": dtype},
+        model={
+            "path": model_path,
+            "allow_download": allow_download,
+            "device": device,
+            "warmup_sizes": warmup_sizes,
+            **_mode_flags(dtype, offload, vae_tiling, text_encoder_quant, compile, step_cache),
+        },
+        scheduler={
+            "max_queue": max_queue,
+            "max_batch_size": max_batch_size,
+            "max_batch_wait_ms": max_batch_wait_ms,
+            "request_timeout_s": request_timeout,
+        },
         storage={"data_dir": data_dir},
     )
     _configure(settings, log_level)
     try:
         preflight(settings.model)
+        check_warmup_sizes(settings.model.warmup_sizes)
     except CogserveError as exc:
         _fail(exc.message)
     fatal: list[str] = []
@@ -139,7 +213,7 @@ def generate(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cogserve.api.protocol import ImageGenerationRequest, validation_error
-    from cogserve.engine import create_engine
+    from cogserve.engine import create_engine, generate_one
     from cogserve.service.images import encode_png
     from cogserve.storage.files import atomic_write
 
@@ -171,8 +245,8 @@ def generate(
             TimeElapsedColumn(),
         ) as progress:
             task = progress.add_task("denoising", total=params.steps)
-            result = engine.generate_sync(
-                params, on_progress=lambda done, total: progress.update(task, completed=done)
+            result = generate_one(
+                engine, params, on_progress=lambda done, total: progress.update(task, completed=done)
             )
         target = output or Path(f"cogserve-{params.seed}.png")
         atomic_write(target, encode_png(result.image))

@@ -14,8 +14,12 @@ translates foreign errors (torch, PIL, SQLAlchemy, OS) at its boundary with ``ra
     │   └── PromptTooLong (400 / 1261)
     ├── NotFound (404 / 1222)              unknown route, unknown or expired image
     ├── MethodNotAllowed (405 / 1222)
-    ├── ServiceUnavailable (503 / 1305)    model still loading
+    ├── ServiceUnavailable (503 / 1305)    model still loading, or shutting down
+    ├── QueueFull (429 / 1305)             the scheduler's queue is full; retry after Retry-After
+    ├── RequestTimeout (504 / 1230)        not done within request_timeout_s; not retried by SDKs
+    ├── Interrupted (499 / —)              the client went away; logged, never sent
     ├── GenerationFailed (500 / 1230)      the pipeline raised
+    │   └── OutOfMemory (500 / 1230)       the device ran out of memory, even for this image alone
     ├── StorageError (500 / 500)           disk or database failed
     └── ConfigError (—)                    bad settings or model folder, at start-up
 """
@@ -79,8 +83,28 @@ class ServiceUnavailable(CogserveError):
     status, code, retryable = 503, "1305", True
 
 
+class QueueFull(CogserveError):
+    status, code, retryable = 429, "1305", True
+
+
+class RequestTimeout(CogserveError):
+    # 504, not 500: the request was valid and nothing broke; the server ran out of time for it.
+    # Not retryable: an SDK retry would queue the same heavy work again behind the backlog.
+    status, code = 504, "1230"
+
+
+class Interrupted(CogserveError):
+    """Work stopped because nobody wants its result any more (client gone, deadline passed)."""
+
+    status, code = 499, "499"
+
+
 class GenerationFailed(CogserveError):
     status, code = 500, "1230"
+
+
+class OutOfMemory(GenerationFailed):
+    pass
 
 
 class StorageError(CogserveError):

@@ -7,6 +7,7 @@ the defaults below. Only ``cli`` and ``api.app`` build it; everything else recei
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,8 @@ from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DType = Literal["auto", "bf16", "fp32"]
+Offload = Literal["none", "model", "sequential"]
+TextEncoderQuant = Literal["none", "int8", "nf4"]
 
 
 class ServerSettings(BaseModel):
@@ -57,7 +60,31 @@ class ModelSettings(BaseModel):
     hd_steps: int = Field(50, ge=1, le=200, description="Denoising steps for quality=hd.")
     guidance_scale: float = Field(3.5, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
     max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt accepted, in characters.")
-    warmup: bool = Field(True, description="Run one small generation before reporting ready.")
+    warmup: bool = Field(True, description="Run the warm-up generations before reporting ready.")
+    warmup_sizes: list[str] = Field(
+        default_factory=lambda: ["512x512:2"],
+        description="(size, steps) buckets generated once before /readyz turns 200, as WIDTHxHEIGHT[:STEPS] "
+        "(steps default to standard_steps). Warm the sizes you serve, above all with compile on.",
+    )
+    offload: Offload = Field(
+        "none",
+        description="none | model (whole models move to the GPU in turn; ~40 % less memory, slower) | "
+        "sequential (layer by layer; least memory, much slower). Needs CUDA.",
+    )
+    vae_tiling: bool = Field(False, description="Decode latents in tiles: less peak memory at large sizes.")
+    text_encoder_quant: TextEncoderQuant = Field(
+        "none",
+        description="Quantise the GLM text encoder: int8 (torchao weight-only; CPU or CUDA) or nf4 "
+        "(bitsandbytes 4-bit; CUDA only).",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the transformer; the warm-up pays the compile before ready."
+    )
+    step_cache: str = Field(
+        "none",
+        description="none | fbc:<threshold>: diffusers First Block Cache, skipping most of the transformer "
+        "on steps whose first block barely changes (e.g. fbc:0.1; higher is faster and less exact).",
+    )
     builtin_dir: Path | None = Field(
         None, description="Where the built-in tiny model is saved. Unset: <data_dir>/models."
     )
@@ -71,6 +98,54 @@ class ModelSettings(BaseModel):
                 "use bf16 (CUDA) or fp32"
             )
         return value
+
+    @field_validator("warmup_sizes", mode="before")
+    @classmethod
+    def _split_warmup_sizes(cls, value: Any) -> Any:
+        # Env vars and flags give "512x512:2,1024x1024"; a list is taken as is.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _check_warmup_sizes(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not re.fullmatch(r"[0-9]+x[0-9]+(:[0-9]+)?", entry):
+                raise ValueError(f"warm-up bucket '{entry}' is not WIDTHxHEIGHT or WIDTHxHEIGHT:STEPS")
+        return value
+
+    @field_validator("step_cache")
+    @classmethod
+    def _check_step_cache(cls, value: str) -> str:
+        if value == "none":
+            return value
+        match = re.fullmatch(r"fbc:([0-9]*\.?[0-9]+)", value)
+        if match is None or not 0 < float(match.group(1)) < 1:
+            raise ValueError("step_cache must be 'none' or 'fbc:<threshold>' with 0 < threshold < 1")
+        return value
+
+    @property
+    def fbc_threshold(self) -> float | None:
+        return None if self.step_cache == "none" else float(self.step_cache.removeprefix("fbc:"))
+
+
+class SchedulerSettings(BaseModel):
+    max_queue: int = Field(
+        64, ge=1, description="Requests allowed to wait; one more is refused at once with 429/1305."
+    )
+    max_batch_size: int = Field(
+        4, ge=1, le=64, description="Most images merged into one pipeline call (1 turns batching off)."
+    )
+    max_batch_wait_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Longest a request waits for company of the same size and steps. Only waits when "
+        "other requests are in flight: a lone client never waits.",
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="A request not done by then is dropped (queued) or interrupted (running)."
+    )
 
 
 class StorageSettings(BaseModel):
@@ -89,6 +164,7 @@ class Settings(BaseSettings):
 
     server: ServerSettings = Field(default_factory=ServerSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @property

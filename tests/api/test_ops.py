@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from fastapi.testclient import TestClient
 
 from cogserve.api import create_app
-from cogserve.engine import Engine, GenerationOutput, GenerationParams, ModelInfo, ProgressCallback
+from cogserve.engine import BatchItem, Engine, GenerationOutput, ModelInfo
 from cogserve.errors import ConfigError
 from tests.conftest import wait_ready
 from tests.helpers import IMAGES, generate
@@ -48,17 +48,10 @@ class WrappedEngine:
     def warmup(self) -> None:
         self.inner.warmup()
 
-    async def generate(
-        self, params: GenerationParams, on_progress: ProgressCallback | None = None
-    ) -> GenerationOutput:
+    def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
         if self.fail_generate is not None:
             raise self.fail_generate
-        return await self.inner.generate(params, on_progress)
-
-    def generate_sync(
-        self, params: GenerationParams, on_progress: ProgressCallback | None = None
-    ) -> GenerationOutput:
-        return self.inner.generate_sync(params, on_progress)
+        return self.inner.generate_batch(items)
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cogserve.engine import Engine, GenerationParams
+from cogserve.engine import Engine, GenerationParams, generate_one
 from cogserve.engine.loader import locate_model, preflight, resolve_device, resolve_dtype
 from cogserve.errors import ConfigError
 from cogserve.settings import ModelSettings
@@ -20,14 +20,14 @@ PARAMS = GenerationParams(
 
 def test_progress_is_reported_once_per_step(shared_engine: Engine) -> None:
     seen: list[tuple[int, int]] = []
-    shared_engine.generate_sync(PARAMS, on_progress=lambda done, total: seen.append((done, total)))
+    generate_one(shared_engine, PARAMS, on_progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
 def test_seed_determines_the_pixels(shared_engine: Engine) -> None:
     def run(seed: int) -> np.ndarray:
         params = GenerationParams(**{**PARAMS.__dict__, "seed": seed})
-        return np.asarray(shared_engine.generate_sync(params).image)
+        return np.asarray(generate_one(shared_engine, params).image)
 
     assert np.array_equal(run(7), run(7))
     assert not np.array_equal(run(7), run(8))
@@ -35,7 +35,7 @@ def test_seed_determines_the_pixels(shared_engine: Engine) -> None:
 
 def test_output_has_the_requested_orientation(shared_engine: Engine) -> None:
     params = GenerationParams(**{**PARAMS.__dict__, "width": 768, "height": 512, "steps": 1})
-    assert shared_engine.generate_sync(params).image.size == (768, 512)
+    assert generate_one(shared_engine, params).image.size == (768, 512)
 
 
 def test_info_describes_the_builtin_model(shared_engine: Engine) -> None:
@@ -75,7 +75,7 @@ def test_a_real_model_folder_loads_from_its_path(models_dir: Path) -> None:
     engine = PipelineEngine(ModelSettings(path=str(models_dir / BUILTIN_NAME)), models_dir)
     engine.load()
     assert not engine.info.builtin
-    assert engine.generate_sync(PARAMS).image.size == (512, 512)
+    assert generate_one(engine, PARAMS).image.size == (512, 512)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown without CUDA")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cogserve.engine import GenerationParams
+from cogserve.engine import GenerationParams, generate_one
 from cogserve.engine.runner import PipelineEngine
 from cogserve.settings import ModelSettings
 
@@ -23,6 +23,6 @@ def test_builtin_model_runs_in_bf16_on_cuda(models_dir: Path) -> None:
     engine.load()
     assert engine.info.device == "cuda" and engine.info.dtype == "bfloat16"
     params = GenerationParams(prompt="a cat", width=1024, height=1024, steps=4, guidance_scale=3.5, seed=3)
-    first, again = engine.generate_sync(params), engine.generate_sync(params)
+    first, again = generate_one(engine, params), generate_one(engine, params)
     assert first.image.size == (1024, 1024)
     assert np.array_equal(np.asarray(first.image), np.asarray(again.image))

@@ -15,6 +15,7 @@ from cogserve.api.errors import install_error_handlers
 from cogserve.api.middleware import RequestContextMiddleware
 from cogserve.api.routes import AppContext, router
 from cogserve.engine import Engine, create_engine
+from cogserve.engine.scheduler import Scheduler
 from cogserve.errors import CogserveError
 from cogserve.service import ImageService
 from cogserve.settings import Settings
@@ -32,11 +33,13 @@ def create_app(
     model cannot load, so the CLI can exit instead of serving 503 forever."""
     engine = engine or create_engine(settings)
     metadata = MetadataStore(settings.database_url)
-    service = ImageService(settings, engine, LocalImageStore(settings.images_dir), metadata)
+    scheduler = Scheduler(engine, settings.scheduler)
+    service = ImageService(settings, scheduler, LocalImageStore(settings.images_dir), metadata)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(metadata.create_schema)
+        scheduler.start()
         tasks = [
             asyncio.create_task(_load_model(engine, service, settings, on_fatal)),
             asyncio.create_task(service.run_sweeper()),
@@ -49,6 +52,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await scheduler.stop()
             metadata.close()
 
     app = FastAPI(
@@ -57,7 +61,7 @@ def create_app(
         description="Self-hosted CogView-4 image generation, wire-compatible with BigModel's images API.",
         lifespan=lifespan,
     )
-    app.state.cogserve = AppContext(settings=settings, engine=engine, service=service)
+    app.state.cogserve = AppContext(settings=settings, engine=engine, scheduler=scheduler, service=service)
     app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cogserve.api.body import read_json_object
+from cogserve.api.disconnect import unless_disconnected
 from cogserve.api.errors import error_response
 from cogserve.api.protocol import (
     ContentFilterEntry,
@@ -25,6 +26,7 @@ from cogserve.api.protocol import (
 )
 from cogserve.api.urls import public_base_url
 from cogserve.engine import Engine
+from cogserve.engine.scheduler import Scheduler
 from cogserve.errors import NotFound, ServiceUnavailable
 from cogserve.service import ImageService
 from cogserve.settings import Settings
@@ -36,6 +38,7 @@ IMAGES_PATH = "/api/paas/v4/images/generations"
 class AppContext:
     settings: Settings
     engine: Engine
+    scheduler: Scheduler
     service: ImageService
 
 
@@ -55,7 +58,7 @@ router = APIRouter()
     IMAGES_PATH,
     response_model=ImageGenerationResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 413, 500, 503),
+    responses=_errors(400, 413, 429, 500, 503, 504),
     summary="Generate an image (BigModel CogView-4 API)",
     openapi_extra={
         "requestBody": {
@@ -74,7 +77,7 @@ async def create_image(request: Request) -> JSONResponse:
     request_id = body.request_id or request.state.request_id
     request.state.request_id = request_id
     job = body.to_job(ctx.settings.model, request_id)
-    stored = await ctx.service.generate(job)
+    stored = await unless_disconnected(request, ctx.service.generate(job))
     if job.response_format == "b64_json":
         item = ImageData(b64_json=base64.b64encode(stored.png).decode("ascii"))
     else:
@@ -121,6 +124,7 @@ async def readyz(request: Request) -> Response:
         message = ctx.service.load_error or "the model is still loading"
         return error_response(ServiceUnavailable(message, headers={"Retry-After": "5"}))
     info = ctx.engine.info
+    stats = ctx.scheduler.stats
     return JSONResponse(
         {
             "status": "ready",
@@ -128,5 +132,7 @@ async def readyz(request: Request) -> Response:
             "builtin": info.builtin,
             "device": info.device,
             "dtype": info.dtype,
+            "queued": stats.queued,
+            "running": stats.running,
         }
     )

@@ -1,6 +1,15 @@
 """Model loading and running; knows nothing of HTTP."""
 
-from cogserve.engine.types import Engine, GenerationOutput, GenerationParams, ModelInfo, ProgressCallback
+from cogserve.engine.types import (
+    BatchItem,
+    Engine,
+    GenerationOutput,
+    GenerationParams,
+    ModelInfo,
+    ProgressCallback,
+    ProgressEvent,
+    generate_one,
+)
 from cogserve.settings import Settings
 
 
@@ -12,10 +21,13 @@ def create_engine(settings: Settings) -> Engine:
 
 
 __all__ = [
+    "BatchItem",
     "Engine",
     "GenerationOutput",
     "GenerationParams",
     "ModelInfo",
     "ProgressCallback",
+    "ProgressEvent",
     "create_engine",
+    "generate_one",
 ]

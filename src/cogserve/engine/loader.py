@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cogserve.engine.builtin import BUILTIN_NAME, ensure_builtin_model
+from cogserve.engine.modes import check_modes, place_and_apply, quantization_config
 from cogserve.errors import ConfigError
 from cogserve.settings import ModelSettings
 
@@ -86,8 +87,10 @@ def _in_hf_cache(repo_id: str) -> bool:
 
 
 def preflight(settings: ModelSettings) -> None:
-    """Check what can be checked before the server starts: device, dtype, where the model is."""
-    resolve_dtype(settings.dtype, resolve_device(settings.device))
+    """Check what can be checked before the server starts: device, dtype, modes, where the model is."""
+    device = resolve_device(settings.device)
+    resolve_dtype(settings.dtype, device)
+    check_modes(settings, device)
     if settings.path is not None:
         _locate_given(settings.path, settings.allow_download)
 
@@ -109,13 +112,17 @@ def load_pipeline(settings: ModelSettings, models_dir: Path, device: str) -> tup
     if builtin:
         log.warning(BUILTIN_WARNING)
     dtype = resolve_dtype(settings.dtype, device)
+    check_modes(settings, device)
     try:
         pipe = CogView4Pipeline.from_pretrained(
-            source, dtype=dtype, local_files_only=not settings.allow_download
+            source,
+            dtype=dtype,
+            local_files_only=not settings.allow_download,
+            quantization_config=quantization_config(settings, dtype),
         )
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot load model '{source}': {exc}") from exc
-    pipe.to(device)
+    place_and_apply(pipe, settings, device)
     pipe.set_progress_bar_config(disable=True)
     log.info("loaded %s on %s (%s)", BUILTIN_NAME if builtin else source, device, str(dtype))
     return pipe, builtin

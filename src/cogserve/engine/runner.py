@@ -1,31 +1,28 @@
-"""Runs diffusers' CogView4Pipeline, one call at a time, off the event loop."""
+"""Runs diffusers' CogView4Pipeline: one call per batch, with per-image seeds, progress and stop."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cogserve.engine.builtin import BUILTIN_NAME
 from cogserve.engine.loader import load_pipeline, resolve_device
-from cogserve.engine.types import GenerationOutput, GenerationParams, ModelInfo, ProgressCallback
-from cogserve.errors import ConfigError, GenerationFailed
+from cogserve.engine.types import BatchItem, GenerationOutput, GenerationParams, ModelInfo, generate_one
+from cogserve.errors import ConfigError, GenerationFailed, Interrupted, OutOfMemory
 from cogserve.settings import ModelSettings
 
 log = logging.getLogger(__name__)
-
-WARMUP_PARAMS = GenerationParams(prompt="warm-up", width=512, height=512, steps=2, guidance_scale=3.5, seed=0)
 
 
 class PipelineEngine:
     """The diffusers engine: owns one pipeline on one device.
 
     Calls are serialised (a lock): one pipeline call uses the whole device, and diffusers pipelines
-    keep per-call state on ``self``. Batching several requests into one call is the scheduler's job.
+    keep per-call state on ``self``. Deciding what goes into a call is the scheduler's job.
     """
 
     def __init__(self, settings: ModelSettings, models_dir: Path) -> None:
@@ -34,9 +31,6 @@ class PipelineEngine:
         self._pipe: Any = None
         self._info: ModelInfo | None = None
         self._lock = threading.Lock()
-        # One worker thread: async callers queue here instead of filling the default thread pool,
-        # and unlike an asyncio.Lock it is bound to no event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogserve-pipeline")
 
     @property
     def info(self) -> ModelInfo:
@@ -57,50 +51,67 @@ class PipelineEngine:
         )
 
     def warmup(self) -> None:
-        started = time.perf_counter()
-        self.generate_sync(WARMUP_PARAMS)
-        log.info("warm-up generation took %.2f s", time.perf_counter() - started)
+        for width, height, steps in warmup_buckets(self._settings):
+            params = GenerationParams("warm-up", width, height, steps, self._settings.guidance_scale, 0)
+            started = time.perf_counter()
+            generate_one(self, params)
+            log.info("warm-up %dx%d, %d steps: %.2f s", width, height, steps, time.perf_counter() - started)
 
-    async def generate(
-        self, params: GenerationParams, on_progress: ProgressCallback | None = None
-    ) -> GenerationOutput:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.generate_sync, params, on_progress)
-
-    def generate_sync(
-        self, params: GenerationParams, on_progress: ProgressCallback | None = None
-    ) -> GenerationOutput:
+    def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
         import torch
 
         if self._pipe is None:
             raise ConfigError("the model is not loaded yet")
+        if not items:
+            return []
+        first = items[0].params
+        if any(item.params.batch_key != first.batch_key for item in items):
+            raise ValueError("a batch must share width, height, steps and guidance")
 
         def step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if on_progress is not None:
-                on_progress(step + 1, params.steps)
+            if all(item.should_stop() for item in items):
+                # Raising stops at once; pipe._interrupt would still run the VAE decode.
+                raise Interrupted("every image of this batch was cancelled")
+            for item in items:
+                if item.on_progress is not None:
+                    item.on_progress(step + 1, first.steps)
             return kwargs
 
-        # A CPU generator makes a seed give the same starting noise on every device.
-        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        # CPU generators: a seed gives the same starting noise on every device, alone or in a batch.
+        generators = [torch.Generator(device="cpu").manual_seed(item.params.seed) for item in items]
         started = time.perf_counter()
         with self._lock, torch.inference_mode():
             try:
                 result = self._pipe(
-                    prompt=params.prompt,
-                    width=params.width,
-                    height=params.height,
-                    num_inference_steps=params.steps,
-                    guidance_scale=params.guidance_scale,
-                    generator=generator,
+                    prompt=[item.params.prompt for item in items],
+                    width=first.width,
+                    height=first.height,
+                    num_inference_steps=first.steps,
+                    guidance_scale=first.guidance_scale,
+                    generator=generators,
                     callback_on_step_end=step_end,
                 )
+            except Interrupted:
+                raise
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
-                raise GenerationFailed(
-                    f"out of GPU memory generating {params.width}x{params.height}; try a smaller size"
+                raise OutOfMemory(
+                    f"out of GPU memory generating {len(items)} image(s) of {first.width}x{first.height}"
                 ) from exc
             except Exception as exc:
                 raise GenerationFailed(f"image generation failed: {type(exc).__name__}: {exc}") from exc
-        return GenerationOutput(
-            image=result.images[0], seed=params.seed, elapsed_s=time.perf_counter() - started
-        )
+        elapsed = time.perf_counter() - started
+        return [
+            GenerationOutput(image=image, seed=item.params.seed, elapsed_s=elapsed, batch_size=len(items))
+            for item, image in zip(items, result.images, strict=True)
+        ]
+
+
+def warmup_buckets(settings: ModelSettings) -> list[tuple[int, int, int]]:
+    """The (width, height, steps) buckets named in ``warmup_sizes``."""
+    buckets = []
+    for entry in settings.warmup_sizes:
+        size, _, steps = entry.partition(":")
+        width, height = (int(part) for part in size.split("x"))
+        buckets.append((width, height, int(steps) if steps else settings.standard_steps))
+    return buckets

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 
 #: Called after each denoising step with (steps done, total steps).
 ProgressCallback = Callable[[int, int], None]
+
+#: Images that may share one pipeline call: (width, height, steps, guidance_scale).
+BatchKey = tuple[int, int, int, float]
 
 
 @dataclass(frozen=True)
@@ -22,12 +25,40 @@ class GenerationParams:
     guidance_scale: float
     seed: int
 
+    @property
+    def batch_key(self) -> BatchKey:
+        return (self.width, self.height, self.steps, self.guidance_scale)
+
 
 @dataclass(frozen=True)
 class GenerationOutput:
     image: Image
     seed: int
+    #: Wall time of the pipeline call that made this image (shared by a batch).
     elapsed_s: float
+    #: How many images that call made.
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One denoising step of one request; the scheduler delivers these on the event loop."""
+
+    request_id: str
+    step: int
+    total: int
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One image of a pipeline call.
+
+    ``should_stop`` and ``on_progress`` are called from the pipeline's thread, between steps.
+    """
+
+    params: GenerationParams
+    should_stop: Callable[[], bool] = lambda: False
+    on_progress: ProgressCallback | None = None
 
 
 @dataclass(frozen=True)
@@ -39,7 +70,10 @@ class ModelInfo:
 
 
 class Engine(Protocol):
-    """Turns parameters into an image. Implementations own the pipeline and its device."""
+    """Turns parameters into images. Implementations own the pipeline and its device.
+
+    Calls are blocking; the scheduler runs them on its own worker thread.
+    """
 
     @property
     def info(self) -> ModelInfo: ...
@@ -48,12 +82,19 @@ class Engine(Protocol):
         """Load weights (blocking); raises ``ConfigError`` when that is impossible."""
 
     def warmup(self) -> None:
-        """Run one small generation so the first request pays no one-off costs."""
+        """Generate each configured warm-up bucket once, so no request pays one-off costs."""
 
-    async def generate(
-        self, params: GenerationParams, on_progress: ProgressCallback | None = None
-    ) -> GenerationOutput: ...
+    def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
+        """One pipeline call for items sharing a ``batch_key``; outputs in the items' order.
 
-    def generate_sync(
-        self, params: GenerationParams, on_progress: ProgressCallback | None = None
-    ) -> GenerationOutput: ...
+        Raises ``Interrupted`` once every item's ``should_stop`` is true, ``OutOfMemory`` when the
+        device ran out of memory, and ``GenerationFailed`` for anything else the pipeline raised.
+        """
+        ...
+
+
+def generate_one(
+    engine: Engine, params: GenerationParams, on_progress: ProgressCallback | None = None
+) -> GenerationOutput:
+    """A single image, outside any scheduler (the CLI and warm-up)."""
+    return engine.generate_batch([BatchItem(params, on_progress=on_progress)])[0]

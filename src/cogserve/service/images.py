@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cogserve.engine import Engine, GenerationParams
+from cogserve.engine import GenerationParams
+from cogserve.engine.scheduler import ProgressListener, Scheduler
 from cogserve.errors import NotFound, ServiceUnavailable, StorageError
 from cogserve.settings import Settings
 from cogserve.storage import ImageRow, LocalImageStore, MetadataStore, is_image_id, new_image_id
@@ -51,28 +52,37 @@ class StoredImage:
 
 class ImageService:
     def __init__(
-        self, settings: Settings, engine: Engine, files: LocalImageStore, metadata: MetadataStore
+        self, settings: Settings, scheduler: Scheduler, files: LocalImageStore, metadata: MetadataStore
     ) -> None:
         self._settings = settings
-        self._engine = engine
+        self._scheduler = scheduler
         self._files = files
         self._metadata = metadata
         self.ready = False
         self.load_error: str | None = None
 
-    async def generate(self, job: ImageJob) -> StoredImage:
+    async def generate(self, job: ImageJob, on_progress: ProgressListener | None = None) -> StoredImage:
+        """Generate and store one image. Cancelling the caller's task cancels it: queued work never
+        starts, running work stops or is discarded, and nothing stays stored."""
         if not self.ready:
             raise ServiceUnavailable(
                 self.load_error or "the model is still loading; retry shortly",
                 headers={"Retry-After": "5"},
             )
         created = time.time()
-        output = await self._engine.generate(job.params)
+        output = await self._scheduler.submit(job.params, job.request_id, on_progress)
         png = await asyncio.to_thread(encode_png, output.image)
         image_id = new_image_id()
         expires_at = created + self._settings.storage.image_ttl_days * 86400
         row = _row_for(job, image_id, created, expires_at, output.elapsed_s)
-        await asyncio.to_thread(self._store, image_id, png, row)
+        writing = asyncio.ensure_future(asyncio.to_thread(self._store, image_id, png, row))
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            # The caller left mid-write: let the write finish, then take the image back.
+            loop = asyncio.get_running_loop()
+            writing.add_done_callback(lambda _: loop.run_in_executor(None, self._discard, image_id))
+            raise
         return StoredImage(
             image_id=image_id,
             created=int(created),
@@ -90,6 +100,14 @@ class ImageService:
         except StorageError:
             self._files.delete(image_id)
             raise
+
+    def _discard(self, image_id: str) -> None:
+        # Row first: if that fails, the pair stays whole and the expiry sweep takes both later.
+        try:
+            self._metadata.delete([image_id])
+            self._files.delete(image_id)
+        except Exception:
+            log.exception("could not discard image %s of a cancelled request", image_id)
 
     async def image_file(self, image_id: str) -> tuple[Path, float]:
         """Path and expiry of a live image; NotFound for unknown, malformed or expired ids."""

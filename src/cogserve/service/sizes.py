@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from cogserve.errors import ConfigError
+
 #: The seed's recommended sizes (width x height).
 RECOMMENDED_SIZES = (
     "1024x1024",
@@ -36,3 +38,12 @@ def parse_size(value: str) -> tuple[int, int]:
     if width * height > MAX_PIXELS:
         raise ValueError(f"width*height must be at most 2^21 = {MAX_PIXELS} px, got {width * height}")
     return width, height
+
+
+def check_warmup_sizes(entries: list[str]) -> None:
+    """Refuse a ``--warmup-sizes`` bucket that no request could ask for."""
+    for entry in entries:
+        try:
+            parse_size(entry.partition(":")[0])
+        except ValueError as exc:
+            raise ConfigError(f"warm-up bucket '{entry}': {exc}") from None

@@ -1,0 +1,293 @@
+"""The batching scheduler between the service and the engine.
+
+- Admission is bounded: more than ``max_queue`` waiting requests -> ``QueueFull`` at once.
+- The oldest waiting request always goes next (no batch key starves); requests sharing its
+  ``batch_key`` ride along, up to ``max_batch_size``, each with its own seed.
+- A request waits up to ``max_batch_wait_ms`` for company, but only while other requests are in
+  flight: a lone client never waits for company that is not coming.
+- Deadlines and cancellation share one path: the waiter gives up (timeout, or its task is
+  cancelled because the client left), marks its item cancelled, and the item is skipped if still
+  queued, or its image discarded if running; a call whose images are all cancelled stops at the
+  next step.
+- Out of memory in a batch: the batch's images are re-run one at a time; any other failure fails
+  only that batch.
+
+All state lives on the event loop; only ``Engine.generate_batch`` runs on the worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cogserve.engine.types import BatchItem, Engine, GenerationOutput, GenerationParams, ProgressEvent
+from cogserve.errors import (
+    CogserveError,
+    Interrupted,
+    OutOfMemory,
+    QueueFull,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from cogserve.settings import SchedulerSettings
+
+log = logging.getLogger(__name__)
+
+ProgressListener = Callable[[ProgressEvent], None]
+
+
+@dataclass(eq=False)
+class _Request:
+    params: GenerationParams
+    request_id: str
+    deadline: float
+    enqueued: float
+    future: asyncio.Future[GenerationOutput]
+    on_progress: ProgressListener | None = None
+    # Written on the loop, read by the worker thread between steps; a bool store is atomic.
+    cancelled: bool = False
+    started: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    queued: int
+    running: int
+    batches: int
+    batched_images: int
+
+
+@dataclass
+class _Counters:
+    batches: int = 0
+    batched_images: int = 0
+
+
+class Scheduler:
+    def __init__(self, engine: Engine, settings: SchedulerSettings) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._queue: list[_Request] = []
+        self._running: list[_Request] = []
+        self._wakeup = asyncio.Event()
+        self._listeners: list[ProgressListener] = []
+        self._task: asyncio.Task[None] | None = None
+        self._counters = _Counters()
+        # Most requests in flight at once since the last dispatch: > 1 means waiting can pay off.
+        self._peak_in_flight = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogserve-pipeline")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._dispatch_forever())
+
+    async def stop(self) -> None:
+        """Refuse what is still queued and stop dispatching; a running call finishes on its own."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for request in self._queue:
+            _settle(request, ServiceUnavailable("the server is shutting down; retry shortly"))
+        self._queue.clear()
+        self._executor.shutdown(wait=False)
+
+    def subscribe(self, listener: ProgressListener) -> None:
+        """Hear every request's progress events (metrics, async jobs)."""
+        self._listeners.append(listener)
+
+    @property
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            queued=len(self._queue),
+            running=len(self._running),
+            batches=self._counters.batches,
+            batched_images=self._counters.batched_images,
+        )
+
+    def queue_position(self, request_id: str) -> int | None:
+        """0-based place in the queue, or None when not queued (running, done or unknown)."""
+        for index, request in enumerate(self._queue):
+            if request.request_id == request_id:
+                return index
+        return None
+
+    # -- submitting --------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        params: GenerationParams,
+        request_id: str,
+        on_progress: ProgressListener | None = None,
+    ) -> GenerationOutput:
+        """Queue one image and wait for it; raises QueueFull, RequestTimeout or the engine's error.
+
+        Cancelling the awaiting task (a client that left) cancels the work too.
+        """
+        if self._task is None:
+            raise ServiceUnavailable("the scheduler is not running")
+        if len(self._queue) >= self._settings.max_queue:
+            raise QueueFull(
+                f"the queue is full ({self._settings.max_queue} requests waiting); retry shortly",
+                headers={"Retry-After": str(self._retry_after_s())},
+            )
+        now = time.monotonic()
+        timeout = self._settings.request_timeout_s
+        request = _Request(
+            params=params,
+            request_id=request_id,
+            deadline=now + timeout,
+            enqueued=now,
+            future=asyncio.get_running_loop().create_future(),
+            on_progress=on_progress,
+        )
+        self._queue.append(request)
+        self._peak_in_flight = max(self._peak_in_flight, len(self._queue) + len(self._running))
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), timeout)
+        except TimeoutError:
+            self._cancel(request)
+            where = "running" if request.started else "queued"
+            raise RequestTimeout(
+                f"the image was not ready within {timeout:g} s (request_timeout_s; it was {where})"
+            ) from None
+        except asyncio.CancelledError:
+            self._cancel(request)
+            raise
+
+    def _cancel(self, request: _Request) -> None:
+        request.cancelled = True
+        if request in self._queue:
+            self._queue.remove(request)
+        request.future.cancel()
+
+    def _retry_after_s(self) -> int:
+        # A rough, honest hint: how long the queue ahead takes at the last batch's pace.
+        return max(1, min(60, len(self._queue) // max(1, self._settings.max_batch_size)))
+
+    # -- dispatching -------------------------------------------------------------------------
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._run(batch)
+            except Exception:  # a bug here must not stop every later request
+                log.exception("scheduler failed running a batch")
+                for request in batch:
+                    _settle(request, CogserveError("internal error in the scheduler"))
+
+    async def _next_batch(self) -> list[_Request]:
+        settings = self._settings
+        while True:
+            self._drop_expired()
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            head = self._queue[0]
+            batch = self._companions(head)
+            wait_until = head.enqueued + settings.max_batch_wait_ms / 1000
+            if len(batch) < settings.max_batch_size and self._peak_in_flight > 1:
+                while len(batch) < settings.max_batch_size and time.monotonic() < wait_until:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), wait_until - time.monotonic())
+                    if head.cancelled:
+                        break
+                    batch = self._companions(head)
+                if head.cancelled:
+                    continue
+            for request in batch:
+                self._queue.remove(request)
+                request.started = True
+            self._peak_in_flight = len(self._queue) + len(batch)
+            return batch
+
+    def _companions(self, head: _Request) -> list[_Request]:
+        """The head and the next requests of its batch key, in arrival order."""
+        key = head.params.batch_key
+        same = [r for r in self._queue if r.params.batch_key == key and not r.cancelled]
+        return same[: self._settings.max_batch_size]
+
+    def _drop_expired(self) -> None:
+        # Waiters time themselves out; this only catches requests whose waiter never got to run.
+        now = time.monotonic()
+        for request in [r for r in self._queue if r.cancelled or r.deadline <= now]:
+            self._queue.remove(request)
+
+    async def _run(self, batch: list[_Request]) -> None:
+        self._running = batch
+        try:
+            try:
+                outputs = await self._call(batch)
+            except OutOfMemory as exc:
+                if len(batch) == 1:
+                    raise
+                log.warning("%s; re-running its %d images one at a time", exc.message, len(batch))
+                for request in batch:
+                    if request.cancelled:
+                        continue
+                    self._running = [request]
+                    try:
+                        (output,) = await self._call([request])
+                    except CogserveError as single_exc:
+                        _settle(request, single_exc)
+                    else:
+                        _settle(request, output)
+                return
+        except Interrupted:
+            return  # every waiter already left
+        except Exception as exc:  # fails this batch's requests only; the next batch runs as usual
+            if isinstance(exc, CogserveError):
+                log.error("batch of %d failed: %s", len(batch), exc.message)
+            for request in batch:
+                _settle(request, exc)
+            return
+        finally:
+            self._running = []
+        self._counters.batches += 1
+        self._counters.batched_images += len(batch)
+        for request, output in zip(batch, outputs, strict=True):
+            _settle(request, output)
+
+    async def _call(self, batch: list[_Request]) -> list[GenerationOutput]:
+        loop = asyncio.get_running_loop()
+        items = [self._engine_item(loop, request) for request in batch]
+        return await loop.run_in_executor(self._executor, self._engine.generate_batch, items)
+
+    def _engine_item(self, loop: asyncio.AbstractEventLoop, request: _Request) -> BatchItem:
+        def should_stop() -> bool:
+            return request.cancelled
+
+        def relay(step: int, total: int) -> None:
+            loop.call_soon_threadsafe(self._emit, ProgressEvent(request.request_id, step, total), request)
+
+        return BatchItem(params=request.params, should_stop=should_stop, on_progress=relay)
+
+    def _emit(self, event: ProgressEvent, request: _Request) -> None:
+        if request.cancelled:
+            return
+        for listener in [*self._listeners, *([request.on_progress] if request.on_progress else [])]:
+            try:
+                listener(event)
+            except Exception:  # a listener's bug must not break generation
+                log.exception("progress listener failed")
+
+
+def _settle(request: _Request, outcome: GenerationOutput | BaseException) -> None:
+    if request.future.done():
+        return  # the waiter left (timeout or cancel); its image is discarded
+    if isinstance(outcome, BaseException):
+        request.future.set_exception(outcome)
+    else:
+        request.future.set_result(outcome)

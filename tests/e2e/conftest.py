@@ -30,8 +30,8 @@ def cli_env(models_dir: Path, **extra: str) -> dict[str, str]:
         COGSERVE_MODEL__BUILTIN_DIR=str(models_dir),
         COGSERVE_MODEL__STANDARD_STEPS="2",
         COGSERVE_MODEL__HD_STEPS="3",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
@@ -43,13 +43,15 @@ class Server:
     log: Path
 
 
-def start_server(data_dir: Path, models_dir: Path, *args: str, timeout: float = 120.0) -> Server:
+def start_server(
+    data_dir: Path, models_dir: Path, *args: str, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> Server:
     port = free_port()
     log = data_dir.parent / f"server-{port}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [COGSERVE, "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
-            env=cli_env(models_dir),
+            env=cli_env(models_dir, **(env or {})),
             stdout=sink,
             stderr=subprocess.STDOUT,
         )

@@ -80,6 +80,18 @@ def test_serve_refuses_impossible_settings_clearly(tmp_path: Path, models_dir: P
     assert uncached.returncode == 2 and "--allow-download" in uncached.stderr
 
 
+def test_serve_refuses_modes_this_device_cannot_run(tmp_path: Path, models_dir: Path) -> None:
+    refusals = {
+        ("--offload", "model"): "Use --offload none on a CPU",
+        ("--text-encoder-quant", "nf4"): "needs CUDA; use int8",
+        ("--step-cache", "fbc:1.5"): "0 < threshold < 1",
+        ("--warmup-sizes", "500x500"): "divisible by 16",
+    }
+    for flags, message in refusals.items():
+        result = run(models_dir, "serve", *flags, "--data-dir", str(tmp_path), "--device", "cpu")
+        assert result.returncode == 2 and message in result.stderr, (flags, result.stderr)
+
+
 def test_server_start_gc_and_graceful_stop(tmp_path: Path, models_dir: Path) -> None:
     data = tmp_path / "data"
     started = time.monotonic()

@@ -25,8 +25,12 @@ def error_response(error: CogserveError) -> JSONResponse:
 async def _cogserve_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CogserveError)
     if exc.status >= 500:
+        # A stack trace helps with a failure (500), not with a timeout or an overload.
         log.error(
-            "request %s failed: %s", getattr(request.state, "request_id", "-"), exc.message, exc_info=exc
+            "request %s failed: %s",
+            getattr(request.state, "request_id", "-"),
+            exc.message,
+            exc_info=exc if exc.status == 500 else None,
         )
     return error_response(exc)
 

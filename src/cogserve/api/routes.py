@@ -134,5 +134,7 @@ async def readyz(request: Request) -> Response:
             "dtype": info.dtype,
             "queued": stats.queued,
             "running": stats.running,
+            "batches": stats.batches,
+            "batched_images": stats.batched_images,
         }
     )

@@ -15,12 +15,16 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 
+from cogserve.cli_accounts import keys_app, usage, users_app
 from cogserve.errors import CogserveError
 from cogserve.settings import Settings
 
 app = typer.Typer(
     help="Self-hosted CogView-4 image generation (BigModel-compatible API).", no_args_is_help=True
 )
+app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
+app.command("usage")(usage)
 
 DataDir = Annotated[
     Path | None,
@@ -142,6 +146,18 @@ def serve(
         float | None,
         typer.Option(help="Seconds before a request times out [COGSERVE_SCHEDULER__REQUEST_TIMEOUT_S]"),
     ] = None,
+    require_auth: Annotated[
+        bool | None,
+        typer.Option(
+            "--require-auth/--no-require-auth", help="Refuse keyless requests [COGSERVE_AUTH__REQUIRE_AUTH]"
+        ),
+    ] = None,
+    moderation_policy: Annotated[
+        Path | None, typer.Option(help="Moderation policy TOML [COGSERVE_SAFETY__MODERATION_POLICY]")
+    ] = None,
+    image_checker: Annotated[
+        str | None, typer.Option(help="none | nudenet [COGSERVE_SAFETY__IMAGE_CHECKER]")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Serve the images API over HTTP."""
@@ -166,6 +182,8 @@ def serve(
             "max_batch_wait_ms": max_batch_wait_ms,
             "request_timeout_s": request_timeout,
         },
+        auth={"require_auth": require_auth},
+        safety={"moderation_policy": moderation_policy, "image_checker": image_checker},
         storage={"data_dir": data_dir},
     )
     _configure(settings, log_level)

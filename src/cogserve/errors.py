@@ -4,6 +4,8 @@ Every error a client can see is a ``CogserveError``: it carries the HTTP status 
 business code (a string in the wire envelope ``{"error": {"code": ..., "message": ...}}``). The API
 maps the tree to responses in exactly one handler; everything below the API raises these, and
 translates foreign errors (torch, PIL, SQLAlchemy, OS) at its boundary with ``raise ... from exc``.
+The auth codes are BigModel's published ones; a revoked key gets 1004 only after its secret or
+signature checked out, so a caller who merely knows a key id cannot learn whether it was revoked.
 
     CogserveError (500 / 500)
     ├── InvalidRequest (400 / 1210)        malformed JSON, wrong content type, bad body
@@ -11,6 +13,7 @@ translates foreign errors (torch, PIL, SQLAlchemy, OS) at its boundary with ``ra
     │   ├── MissingField (400 / 1213)
     │   ├── InvalidField (400 / 1214)
     │   ├── UnknownModel (400 / 1211)
+    │   ├── ContentBlocked (400 / 1301)   the prompt or the image failed moderation
     │   └── PromptTooLong (400 / 1261)
     ├── NotFound (404 / 1222)              unknown route, unknown or expired image
     ├── MethodNotAllowed (405 / 1222)
@@ -21,10 +24,23 @@ translates foreign errors (torch, PIL, SQLAlchemy, OS) at its boundary with ``ra
     ├── GenerationFailed (500 / 1230)      the pipeline raised
     │   └── OutOfMemory (500 / 1230)       the device ran out of memory, even for this image alone
     ├── StorageError (500 / 500)           disk or database failed
+    ├── AuthError (401 / 1000)
+    │   ├── AuthFailed (401 / 1000)        right key id, wrong secret or bad JWT signature
+    │   ├── AuthMissing (401 / 1001)       no Authorization header
+    │   ├── AuthInvalid (401 / 1002)       not "Bearer <token>", malformed token, unknown key id
+    │   ├── AuthExpired (401 / 1003)       the JWT's exp has passed
+    │   └── AuthRevoked (401 / 1004)       a correctly signed token of a revoked key
+    ├── LimitExceeded (429)                Retry-After header; retryable while a retry can help
+    │   ├── ConcurrencyLimited (429 / 1302) too many requests in flight
+    │   └── RateLimited (429 / 1303)       too many requests in the last minute
+    ├── UserBlocked (403 / 1112)           the end user's user_id is blocked; never retried
+    ├── KeyUnreadable (500 / 500)          a stored secret does not decrypt under the server key
     └── ConfigError (—)                    bad settings or model folder, at start-up
 """
 
 from __future__ import annotations
+
+import math
 
 
 class CogserveError(Exception):
@@ -71,6 +87,17 @@ class PromptTooLong(InvalidRequest):
     code = "1261"
 
 
+class ContentBlocked(InvalidRequest):
+    code = "1301"
+    #: BigModel's own wording for 1301, so clients that match on it keep working.
+    SEED_MESSAGE = (
+        "系统检测到输入或生成内容可能包含不安全或敏感内容，请您避免输入易产生敏感内容的提示语，感谢您的配合。"
+    )
+
+    def __init__(self, where: str) -> None:
+        super().__init__(f"{self.SEED_MESSAGE} (unsafe or sensitive content detected in the {where})")
+
+
 class NotFound(CogserveError):
     status, code = 404, "1222"
 
@@ -108,6 +135,66 @@ class OutOfMemory(GenerationFailed):
 
 
 class StorageError(CogserveError):
+    status, code = 500, "500"
+
+
+class AuthError(CogserveError):
+    status, code = 401, "1000"
+
+
+class AuthFailed(AuthError):
+    code = "1000"
+
+
+class AuthMissing(AuthError):
+    code = "1001"
+
+
+class AuthInvalid(AuthError):
+    code = "1002"
+
+
+class AuthExpired(AuthError):
+    code = "1003"
+
+
+class AuthRevoked(AuthError):
+    code = "1004"
+
+
+# zhipuai retries a 429 three times within about 3.5 s (0.5 s backoff, doubling) and ignores
+# Retry-After; when the wait is longer those retries are certain to fail, so say so.
+_SDK_RETRY_SPAN_S = 4
+
+
+class LimitExceeded(CogserveError):
+    status = 429
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+        super().__init__(message, headers={"Retry-After": str(self.retry_after_s)})
+        self.retryable = self.retry_after_s <= _SDK_RETRY_SPAN_S
+
+
+class ConcurrencyLimited(LimitExceeded):
+    code = "1302"
+
+
+class RateLimited(LimitExceeded):
+    code = "1303"
+
+
+class UserBlocked(CogserveError):
+    """403 rather than the platform's 429 for account locks: a block is not a limit that waiting
+    lifts, and 429 would make the SDKs raise ``APIReachLimitError`` and retry. 1112 is BigModel's
+    "account locked" code, the nearest published meaning."""
+
+    status, code, retryable = 403, "1112", False
+
+
+class KeyUnreadable(CogserveError):
+    """The server key is not the one the key was created with, or the row was altered."""
+
     status, code = 500, "500"
 
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DType = Literal["auto", "bf16", "fp32"]
@@ -148,6 +148,49 @@ class SchedulerSettings(BaseModel):
     )
 
 
+class AuthSettings(BaseModel):
+    require_auth: bool = Field(
+        False,
+        description="Refuse requests without a key even before any key exists. Without it, a server "
+        "with no keys runs open (local use) and says so loudly at start.",
+    )
+    server_key: SecretStr | None = Field(
+        None,
+        description="32-byte key (64 hex digits or base64) that encrypts API-key secrets in the DB. "
+        "Unset: read from server_key_file, created there on first start.",
+    )
+    server_key_file: Path | None = Field(
+        None, description="Where the server key is kept (mode 0600). Unset: <data_dir>/server.key."
+    )
+    key_rpm: int = Field(120, ge=0, description="Default requests per minute per API key (0: no limit).")
+    key_concurrency: int = Field(8, ge=0, description="Default requests in flight per API key (0: no limit).")
+    user_rpm: int = Field(30, ge=0, description="Requests per minute per user_id (0: no limit).")
+    user_concurrency: int = Field(2, ge=0, description="Requests in flight per user_id (0: no limit).")
+
+
+class SafetySettings(BaseModel):
+    moderation_policy: Path | None = Field(
+        None, description="TOML policy of categories, levels and terms. Unset: the shipped policy."
+    )
+    block_level: int = Field(
+        1,
+        ge=-1,
+        le=3,
+        description="Prompts or images at this content_filter level or more severe (0 is most severe) "
+        "are refused with 400/1301; -1 turns blocking off (levels are still reported).",
+    )
+    image_checker: Literal["none", "nudenet"] = Field(
+        "none", description="Check generated images: none | nudenet (optional extra, AGPL-3.0)."
+    )
+    watermark_text: str = Field("AI生成", min_length=1, max_length=32, description="Visible corner label.")
+    watermark_font: Path | None = Field(
+        None, description="TTF/OTF font for the label. Unset: the shipped font (covers the default text)."
+    )
+    server_name: str = Field(
+        "cogserve", min_length=1, max_length=64, description="Named in each image's invisible watermark."
+    )
+
+
 class StorageSettings(BaseModel):
     data_dir: Path = Field(Path("cogserve-data"), description="Images, metadata DB and built-in model.")
     database_url: str | None = Field(
@@ -165,6 +208,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @property
@@ -176,6 +221,10 @@ class Settings(BaseSettings):
     @property
     def builtin_model_dir(self) -> Path:
         return self.model.builtin_dir or self.storage.data_dir / "models"
+
+    @property
+    def server_key_file(self) -> Path:
+        return self.auth.server_key_file or self.storage.data_dir / "server.key"
 
     @property
     def images_dir(self) -> Path:

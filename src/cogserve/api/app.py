@@ -14,12 +14,15 @@ from cogserve import __version__
 from cogserve.api.errors import install_error_handlers
 from cogserve.api.middleware import RequestContextMiddleware
 from cogserve.api.routes import AppContext, router
+from cogserve.auth import MemoryLimiter
 from cogserve.engine import Engine, create_engine
 from cogserve.engine.scheduler import Scheduler
 from cogserve.errors import CogserveError
 from cogserve.service import ImageService
+from cogserve.service.access import OPEN_MODE_WARNING, AccessControl
 from cogserve.settings import Settings
 from cogserve.storage import LocalImageStore, MetadataStore
+from cogserve.storage.accounts import AccountStore
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +36,15 @@ def create_app(
     model cannot load, so the CLI can exit instead of serving 503 forever."""
     engine = engine or create_engine(settings)
     metadata = MetadataStore(settings.database_url)
+    access = AccessControl(settings, AccountStore(metadata.engine), MemoryLimiter())
     scheduler = Scheduler(engine, settings.scheduler)
-    service = ImageService(settings, scheduler, LocalImageStore(settings.images_dir), metadata)
+    service = ImageService(settings, scheduler, LocalImageStore(settings.images_dir), metadata, access)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(metadata.create_schema)
+        if not await asyncio.to_thread(access.auth_required):
+            log.warning(OPEN_MODE_WARNING)
         scheduler.start()
         tasks = [
             asyncio.create_task(_load_model(engine, service, settings, on_fatal)),
@@ -61,7 +67,9 @@ def create_app(
         description="Self-hosted CogView-4 image generation, wire-compatible with BigModel's images API.",
         lifespan=lifespan,
     )
-    app.state.cogserve = AppContext(settings=settings, engine=engine, scheduler=scheduler, service=service)
+    app.state.cogserve = AppContext(
+        settings=settings, engine=engine, scheduler=scheduler, service=service, access=access
+    )
     app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from cogserve.engine import Engine
 from cogserve.engine.scheduler import Scheduler
 from cogserve.errors import NotFound, ServiceUnavailable
 from cogserve.service import ImageService
+from cogserve.service.access import AccessControl
 from cogserve.settings import Settings
 
 IMAGES_PATH = "/api/paas/v4/images/generations"
@@ -40,6 +42,7 @@ class AppContext:
     engine: Engine
     scheduler: Scheduler
     service: ImageService
+    access: AccessControl
 
 
 def context(request: Request) -> AppContext:
@@ -58,7 +61,7 @@ router = APIRouter()
     IMAGES_PATH,
     response_model=ImageGenerationResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 413, 429, 500, 503, 504),
+    responses=_errors(400, 401, 403, 413, 429, 500, 503, 504),
     summary="Generate an image (BigModel CogView-4 API)",
     openapi_extra={
         "requestBody": {
@@ -69,15 +72,19 @@ router = APIRouter()
 )
 async def create_image(request: Request) -> JSONResponse:
     ctx = context(request)
-    data = await read_json_object(request, ctx.settings.server.max_body_bytes)
-    try:
-        body = ImageGenerationRequest.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    request_id = body.request_id or request.state.request_id
-    request.state.request_id = request_id
-    job = body.to_job(ctx.settings.model, request_id)
-    stored = await unless_disconnected(request, ctx.service.generate(job))
+    async with ctx.access.audit(request.state.request_id, IMAGES_PATH) as note:
+        key = await asyncio.to_thread(ctx.access.authenticate, request.headers.get("authorization"))
+        note.key_id = key.id if key else None
+        data = await read_json_object(request, ctx.settings.server.max_body_bytes)
+        try:
+            body = ImageGenerationRequest.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        request_id = body.request_id or request.state.request_id
+        request.state.request_id = request_id
+        job = body.to_job(ctx.settings.model, request_id)
+        note.user_id = job.user_id
+        stored = await unless_disconnected(request, ctx.service.generate(job, key, note))
     if job.response_format == "b64_json":
         item = ImageData(b64_json=base64.b64encode(stored.png).decode("ascii"))
     else:

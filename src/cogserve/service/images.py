@@ -9,14 +9,23 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from cogserve.auth import ApiKey
 from cogserve.engine import GenerationParams
 from cogserve.engine.scheduler import ProgressListener, Scheduler
-from cogserve.errors import NotFound, ServiceUnavailable, StorageError
+from cogserve.errors import ContentBlocked, InvalidField, NotFound, ServiceUnavailable, StorageError
+from cogserve.safety.images import create_image_checker
+from cogserve.safety.moderation import load_policy
+from cogserve.safety.watermark import Watermarker
+from cogserve.safety.watermark import encode_png as encode_marked_png
+from cogserve.service.access import AccessControl, AuditNote
 from cogserve.settings import Settings
 from cogserve.storage import ImageRow, LocalImageStore, MetadataStore, is_image_id, new_image_id
 from cogserve.storage.sweep import SweepReport, sweep
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +43,7 @@ class ImageJob:
     response_format: ResponseFormat
     params: GenerationParams
     user_id: str | None = None
-    # Sent by the SDKs; recorded with the image, not acted on yet.
+    # Sent by the SDKs; recorded with the image, not acted on.
     user: str | None = None
     style: str | None = None
     sensitive_word_check: Any = None
@@ -52,44 +61,109 @@ class StoredImage:
 
 class ImageService:
     def __init__(
-        self, settings: Settings, scheduler: Scheduler, files: LocalImageStore, metadata: MetadataStore
+        self,
+        settings: Settings,
+        scheduler: Scheduler,
+        files: LocalImageStore,
+        metadata: MetadataStore,
+        access: AccessControl,
     ) -> None:
         self._settings = settings
         self._scheduler = scheduler
+        self._access = access
+        safety = settings.safety
+        self._policy = load_policy(safety.moderation_policy)
+        self._image_checker = create_image_checker(safety.image_checker)
+        self._watermarker = Watermarker(
+            label_text=safety.watermark_text, font_path=safety.watermark_font, server_name=safety.server_name
+        )
         self._files = files
         self._metadata = metadata
         self.ready = False
         self.load_error: str | None = None
 
-    async def generate(self, job: ImageJob, on_progress: ProgressListener | None = None) -> StoredImage:
-        """Generate and store one image. Cancelling the caller's task cancels it: queued work never
-        starts, running work stops or is discarded, and nothing stays stored."""
+    async def generate(
+        self,
+        job: ImageJob,
+        key: ApiKey | None = None,
+        note: AuditNote | None = None,
+        on_progress: ProgressListener | None = None,
+    ) -> StoredImage:
+        """Check, generate, mark and store one image.
+
+        In order: model ready -> user not blocked -> within limits -> prompt moderation -> watermark
+        choice allowed -> scheduler -> image moderation -> watermarks -> file, then row. Cancelling
+        the caller's task cancels it: queued work never starts, running work stops or is
+        discarded, and nothing stays stored.
+        """
+        note = note or AuditNote()
         if not self.ready:
             raise ServiceUnavailable(
                 self.load_error or "the model is still loading; retry shortly",
                 headers={"Retry-After": "5"},
             )
-        created = time.time()
-        output = await self._scheduler.submit(job.params, job.request_id, on_progress)
-        png = await asyncio.to_thread(encode_png, output.image)
-        image_id = new_image_id()
-        expires_at = created + self._settings.storage.image_ttl_days * 86400
-        row = _row_for(job, image_id, created, expires_at, output.elapsed_s)
-        writing = asyncio.ensure_future(asyncio.to_thread(self._store, image_id, png, row))
-        try:
-            await asyncio.shield(writing)
-        except asyncio.CancelledError:
-            # The caller left mid-write: let the write finish, then take the image back.
-            loop = asyncio.get_running_loop()
-            writing.add_done_callback(lambda _: loop.run_in_executor(None, self._discard, image_id))
-            raise
+        async with self._access.admitted(key, job.user_id):
+            verdict = self._policy.check(job.params.prompt)
+            note.moderation_level = verdict.level
+            if verdict.blocked(self._settings.safety.block_level):
+                log.warning(
+                    "prompt refused (level %d, %s) for user_id %s",
+                    verdict.level,
+                    ", ".join(sorted({hit.category for hit in verdict.hits})),
+                    job.user_id,
+                )
+                raise ContentBlocked("input")
+            watermark = self._watermark_wanted(job, key)
+            created = time.time()
+            output = await self._scheduler.submit(job.params, job.request_id, on_progress)
+            image_id = new_image_id()
+            png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark)
+            content_filter = [{"role": "user", "level": verdict.level}]
+            if image_level is not None:
+                content_filter.append({"role": "assistant", "level": image_level})
+            expires_at = created + self._settings.storage.image_ttl_days * 86400
+            row = _row_for(job, image_id, created, expires_at, output.elapsed_s, watermark)
+            writing = asyncio.ensure_future(asyncio.to_thread(self._store, image_id, png, row))
+            try:
+                await asyncio.shield(writing)
+            except asyncio.CancelledError:
+                # The caller left mid-write: let the write finish, then take the image back.
+                loop = asyncio.get_running_loop()
+                writing.add_done_callback(lambda _: loop.run_in_executor(None, self._discard, image_id))
+                raise
+        note.image_id = image_id
         return StoredImage(
             image_id=image_id,
             created=int(created),
             png=png,
             seed=output.seed,
-            content_filter=[{"role": "user", "level": 3}],
+            content_filter=content_filter,
         )
+
+    def _watermark_wanted(self, job: ImageJob, key: ApiKey | None) -> bool:
+        if job.watermark_enabled is not False:
+            return True  # the cloud API's default: marked unless asked otherwise
+        if key is None or key.allow_no_watermark:
+            return False  # open mode is the operator's own machine
+        raise InvalidField(
+            "watermark_enabled",
+            "this API key may not turn watermarks off; an operator can create one that may "
+            "(cogserve keys create --allow-no-watermark)",
+        )
+
+    def _finish(self, image: Image, image_id: str, watermark: bool) -> tuple[bytes, int | None]:
+        """Image moderation, then the marks, then PNG bytes; runs off the event loop."""
+        image_level = None
+        if self._image_checker is not None:
+            image_verdict = self._image_checker.check(image)
+            image_level = image_verdict.level
+            if image_level <= self._settings.safety.block_level:
+                log.warning("generated image refused (level %d, %s)", image_level, image_verdict.labels)
+                raise ContentBlocked("generated image")
+        if not watermark:
+            return encode_png(image), image_level
+        marked = self._watermarker.apply(image, image_id)
+        return encode_marked_png(marked, self._watermarker.metadata(image_id)), image_level
 
     def _store(self, image_id: str, png: bytes, row: ImageRow) -> None:
         # File first, then the row: a row never points at a missing file. If the row fails, the
@@ -142,7 +216,9 @@ def encode_png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _row_for(job: ImageJob, image_id: str, created: float, expires_at: float, elapsed: float) -> ImageRow:
+def _row_for(
+    job: ImageJob, image_id: str, created: float, expires_at: float, elapsed: float, watermark: bool
+) -> ImageRow:
     params = job.params
     check = None
     if job.sensitive_word_check is not None:
@@ -166,5 +242,5 @@ def _row_for(job: ImageJob, image_id: str, created: float, expires_at: float, el
         user=job.user,
         style=job.style,
         sensitive_word_check=check,
-        watermark_enabled=job.watermark_enabled,
+        watermark_enabled=watermark,
     )

@@ -7,7 +7,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, Integer, String, Text, create_engine, delete, event, select
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Engine,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    select,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -36,7 +48,7 @@ class ImageRow(Base):
     request_id: Mapped[str] = mapped_column(String(128), index=True)
     duration_s: Mapped[float] = mapped_column(Float)
     response_format: Mapped[str] = mapped_column(String(16))
-    # Fields the SDKs send that cogserve records but does not act on yet.
+    # Fields the SDKs send that cogserve records; watermark_enabled is whether the image was marked.
     user: Mapped[str | None] = mapped_column(String(256))
     style: Mapped[str | None] = mapped_column(String(64))
     sensitive_word_check: Mapped[str | None] = mapped_column(Text)
@@ -53,29 +65,34 @@ class MetadataStore:
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        with _translated("create the schema"):
+        with translated("create the schema"):
             Base.metadata.create_all(self._engine)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, shared with the account tables (``storage.accounts``)."""
+        return self._engine
 
     def close(self) -> None:
         self._engine.dispose()
 
     def add(self, row: ImageRow) -> None:
-        with _translated("record the image"), self._sessions.begin() as session:
+        with translated("record the image"), self._sessions.begin() as session:
             session.add(row)
 
     def get(self, image_id: str) -> ImageRow | None:
-        with _translated("read image metadata"), self._sessions() as session:
+        with translated("read image metadata"), self._sessions() as session:
             return session.get(ImageRow, image_id)
 
     def expired_ids(self, now: float, limit: int = 1000) -> list[str]:
-        with _translated("list expired images"), self._sessions() as session:
+        with translated("list expired images"), self._sessions() as session:
             query = select(ImageRow.id).where(ImageRow.expires_at <= now).limit(limit)
             return list(session.scalars(query))
 
     def known_ids(self, ids: Iterable[str]) -> set[str]:
         wanted = list(ids)
         found: set[str] = set()
-        with _translated("look up images"), self._sessions() as session:
+        with translated("look up images"), self._sessions() as session:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start : start + 500]
                 found.update(session.scalars(select(ImageRow.id).where(ImageRow.id.in_(chunk))))
@@ -84,13 +101,13 @@ class MetadataStore:
     def delete(self, ids: list[str]) -> int:
         if not ids:
             return 0
-        with _translated("delete image metadata"), self._sessions.begin() as session:
+        with translated("delete image metadata"), self._sessions.begin() as session:
             result = session.execute(delete(ImageRow).where(ImageRow.id.in_(ids)))
             return int(getattr(result, "rowcount", 0) or 0)
 
 
 @contextmanager
-def _translated(doing: str) -> Iterator[None]:
+def translated(doing: str) -> Iterator[None]:
     """Turn database errors into ``StorageError`` saying what was being done."""
     try:
         yield

@@ -1,0 +1,97 @@
+"""API keys: ``<id>.<secret>``, as BigModel issues them.
+
+The id is public (it travels in every JWT's payload) and names the row; the secret is what proves
+the caller holds the key. It is shown once, at creation, and stored only sealed (``crypto``).
+Neither part may contain a dot: the SDKs split the key on "." and expect exactly two parts.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from cogserve.auth.crypto import SecretBox
+from cogserve.errors import InvalidField
+from cogserve.storage.accounts import AccountStore, ApiKeyRow
+
+_ID_HEX_BYTES = 12  # 24 hex characters
+_SECRET_BYTES = 24  # 192 bits, 32 URL-safe base64 characters
+# What an id in a request may look like before it is worth a database lookup.
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """What an authenticated request knows about its key (never the secret)."""
+
+    id: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+    rpm_limit: int | None
+    concurrency_limit: int | None
+    allow_no_watermark: bool
+
+
+class ApiKeys:
+    """Creates keys and recovers their secrets; the ``AccountStore`` keeps the rows."""
+
+    def __init__(self, store: AccountStore, box: SecretBox) -> None:
+        self._store = store
+        self._box = box
+
+    def create(
+        self,
+        name: str = "",
+        *,
+        rpm_limit: int | None = None,
+        concurrency_limit: int | None = None,
+        allow_no_watermark: bool = False,
+    ) -> tuple[ApiKey, str]:
+        """Make and store a key; returns it and the full ``<id>.<secret>`` string, shown only now.
+
+        A limit of None means the server's default applies; 0 means unlimited for this key.
+        """
+        if len(name) > 128:
+            raise InvalidField("name", "at most 128 characters")
+        for field, limit in (("rpm_limit", rpm_limit), ("concurrency_limit", concurrency_limit)):
+            if limit is not None and limit < 0:
+                raise InvalidField(field, "must be 0 (unlimited) or more")
+        key_id = secrets.token_hex(_ID_HEX_BYTES)
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
+        row = ApiKeyRow(
+            id=key_id,
+            name=name,
+            sealed_secret=self._box.seal(secret.encode(), key_id=key_id),
+            created_at=time.time(),
+            revoked_at=None,
+            rpm_limit=rpm_limit,
+            concurrency_limit=concurrency_limit,
+            allow_no_watermark=allow_no_watermark,
+        )
+        self._store.add_key(row)
+        return _public(row), f"{key_id}.{secret}"
+
+    def lookup(self, key_id: str) -> tuple[ApiKey, bytes] | None:
+        """The key and its secret, or None if there is no such key. Reads the row every time, so
+        a revocation holds from the next request on."""
+        if not KEY_ID_PATTERN.fullmatch(key_id):
+            return None
+        row = self._store.get_key(key_id)
+        if row is None:
+            return None
+        return _public(row), self._box.open(row.sealed_secret, key_id=row.id)
+
+
+def _public(row: ApiKeyRow) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        name=row.name,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+        rpm_limit=row.rpm_limit,
+        concurrency_limit=row.concurrency_limit,
+        allow_no_watermark=row.allow_no_watermark,
+    )

@@ -277,6 +277,33 @@ def generate(
     )
 
 
+@app.command("verify-watermark")
+def verify_watermark(
+    image: Annotated[Path, typer.Argument(help="A PNG or JPEG cogserve made (or one to check)")],
+    server_name: Annotated[
+        str | None, typer.Option(help="Say whether it came from this server [COGSERVE_SAFETY__SERVER_NAME]")
+    ] = None,
+) -> None:
+    """Read the invisible watermark back: which server and image id made this picture.
+
+    Exit code 0 when a watermark was found, 1 when none was.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    from cogserve.safety.watermark import describe_watermark, read_watermark
+
+    name = server_name or _settings().safety.server_name
+    try:
+        with Image.open(image) as opened:
+            opened.load()
+            typer.echo(describe_watermark(opened, name))
+            found = read_watermark(opened) is not None
+    except (OSError, UnidentifiedImageError) as exc:
+        _fail(f"cannot read {image}: {exc}", code=2)
+    if not found:
+        raise typer.Exit(1)
+
+
 @app.command()
 def gc(data_dir: DataDir = None) -> None:
     """Delete expired images (files and rows), and files a crash left behind."""

@@ -179,3 +179,16 @@ def test_b64_json_is_marked_too(client: TestClient) -> None:
     with Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))) as image:
         image.load()
         assert read_watermark(image) is not None
+
+
+def test_real_nudenet_checker_reports_the_assistant_level(
+    make_client: Callable[..., TestClient], make_settings: Callable[..., Any]
+) -> None:
+    pytest.importorskip("nudenet", reason='needs the optional extra: pip install "cogserve[nudenet]"')
+    client = make_client(make_settings(safety={"image_checker": "nudenet"}))
+    response = generate(client, prompt="a quiet harbour at dawn")
+    assert response.status_code == 200
+    assert response.json()["content_filter"] == [
+        {"role": "user", "level": 3},
+        {"role": "assistant", "level": 3},
+    ]

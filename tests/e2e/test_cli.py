@@ -85,7 +85,7 @@ def test_serve_refuses_modes_this_device_cannot_run(tmp_path: Path, models_dir: 
         ("--offload", "model"): "Use --offload none on a CPU",
         ("--text-encoder-quant", "nf4"): "needs CUDA; use int8",
         ("--step-cache", "fbc:1.5"): "0 < threshold < 1",
-        ("--warmup-sizes", "500x500"): "divisible by 16",
+        ("--warmup-sizes", "520x520"): "divisible by 16",
     }
     for flags, message in refusals.items():
         result = run(models_dir, "serve", *flags, "--data-dir", str(tmp_path), "--device", "cpu")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from cogserve.engine import BatchItem, Engine, GenerationOutput, ModelInfo
 from cogserve.storage import ImageRow, MetadataStore
 
 IMAGES = "/api/paas/v4/images/generations"
@@ -42,3 +44,23 @@ def row_of(client: TestClient, url: str) -> ImageRow:
         store.close()
     assert row is not None
     return row
+
+
+class DelegatingEngine:
+    """The real engine behind a test wrapper; subclasses override what they inject (faults, gates)."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.inner.info
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+    def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
+        return self.inner.generate_batch(items)

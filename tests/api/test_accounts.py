@@ -12,29 +12,19 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cogserve.engine import BatchItem, Engine, GenerationOutput, ModelInfo
+from cogserve.engine import BatchItem, Engine, GenerationOutput
 from cogserve.service.access import AccessControl
-from tests.helpers import generate
+from tests.helpers import DelegatingEngine, generate
 
 
-class CountingEngine:
+class CountingEngine(DelegatingEngine):
     """The real engine, counting images and optionally held at a gate."""
 
     def __init__(self, inner: Engine) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.images = 0
         self.gate = threading.Event()
         self.gate.set()
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.inner.info
-
-    def load(self) -> None:
-        self.inner.load()
-
-    def warmup(self) -> None:
-        self.inner.warmup()
 
     def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
         self.gate.wait(30)

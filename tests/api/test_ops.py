@@ -10,13 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cogserve.api import create_app
-from cogserve.engine import BatchItem, Engine, GenerationOutput, ModelInfo
+from cogserve.engine import BatchItem, Engine, GenerationOutput
 from cogserve.errors import ConfigError
 from tests.conftest import wait_ready
-from tests.helpers import IMAGES, generate
+from tests.helpers import IMAGES, DelegatingEngine, generate
 
 
-class WrappedEngine:
+class WrappedEngine(DelegatingEngine):
     """The real engine with a fault (or a pause) injected in front of it."""
 
     def __init__(
@@ -27,16 +27,8 @@ class WrappedEngine:
         hold_load: threading.Event | None = None,
         fail_load: Exception | None = None,
     ) -> None:
-        self.inner, self.fail_generate, self.hold_load, self.fail_load = (
-            inner,
-            fail_generate,
-            hold_load,
-            fail_load,
-        )
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.inner.info
+        super().__init__(inner)
+        self.fail_generate, self.hold_load, self.fail_load = fail_generate, hold_load, fail_load
 
     def load(self) -> None:
         if self.hold_load is not None:
@@ -44,9 +36,6 @@ class WrappedEngine:
         if self.fail_load is not None:
             raise self.fail_load
         self.inner.load()
-
-    def warmup(self) -> None:
-        self.inner.warmup()
 
     def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
         if self.fail_generate is not None:

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from cogserve.engine import BatchItem, Engine, GenerationOutput, GenerationParams, ModelInfo, ProgressEvent
+from cogserve.engine import BatchItem, Engine, GenerationOutput, GenerationParams, ProgressEvent
 from cogserve.engine.runner import PipelineEngine
 from cogserve.engine.scheduler import Scheduler
 from cogserve.errors import GenerationFailed, OutOfMemory, QueueFull, RequestTimeout
 from cogserve.settings import ModelSettings, SchedulerSettings
+from tests.helpers import DelegatingEngine
 
 T = TypeVar("T")
 
@@ -29,25 +30,15 @@ def like(params: GenerationParams, **changes: Any) -> GenerationParams:
     return GenerationParams(**{**params.__dict__, **changes})
 
 
-class Recorder:
+class Recorder(DelegatingEngine):
     """The real engine, recording each call's prompts; optionally paused or failing on demand."""
 
     def __init__(self, inner: Engine) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.calls: list[list[str]] = []
         self.gate = threading.Event()
         self.gate.set()
         self.fail: Callable[[Sequence[BatchItem]], Exception | None] = lambda items: None
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.inner.info
-
-    def load(self) -> None:
-        self.inner.load()
-
-    def warmup(self) -> None:
-        self.inner.warmup()
 
     def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
         self.gate.wait(30)

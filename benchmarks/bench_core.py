@@ -13,27 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
+from _live import server_env, start_server
 from sqlalchemy import create_engine, select
 
 from cogserve.storage import ImageRow
-
-COGSERVE = str(Path(sys.executable).parent / "cogserve")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:
@@ -47,39 +36,15 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cogserve-bench-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COGSERVE_")}
-    env["COGSERVE_MODEL__STANDARD_STEPS"] = str(args.steps)
-    command = [
-        COGSERVE,
-        "serve",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(work / "data"),
-        "--device",
-        args.device,
-    ]
-    if args.model_path:
-        command += ["--model-path", args.model_path]
-    url = f"http://127.0.0.1:{port}"
+    env = server_env({"COGSERVE_MODEL__STANDARD_STEPS": str(args.steps)})
+    flags = ["--device", args.device] + (["--model-path", args.model_path] if args.model_path else [])
 
     # Cold start includes building the tiny model (first run in a fresh data dir) and the warm-up.
-    started = time.perf_counter()
-    log = (work / "server.log").open("wb")
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = start_server(work / "data", flags=flags, env=env, log_path=work / "server.log")
+    url = server.url
     try:
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"server exited: see {work / 'server.log'}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        cold_start = time.perf_counter() - started
-        info = httpx.get(f"{url}/readyz").json()
+        cold_start = server.cold_start_s
+        info = server.info
 
         results: dict[str, tuple[list[float], list[float]]] = {}
         with httpx.Client(timeout=600) as client:
@@ -97,9 +62,7 @@ def main() -> None:
                     ids.append(response.json()["data"][0]["url"].rsplit("/", 1)[1].removesuffix(".png"))
                 results[size] = (e2e, pipeline_times(work / "data" / "cogserve.db", ids))
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-        log.close()
+        server.stop()
 
     print(
         f"model: {info['model']} on {info['device']} ({info['dtype']}), {args.steps} steps, "

@@ -134,8 +134,12 @@ class SchedulerSettings(BaseModel):
     max_queue: int = Field(
         64, ge=1, description="Requests allowed to wait; one more is refused at once with 429/1305."
     )
-    max_batch_size: int = Field(
-        4, ge=1, le=64, description="Most images merged into one pipeline call (1 turns batching off)."
+    max_batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Most images merged into one pipeline call (1 turns batching off). Unset: 4 on CUDA, "
+        "1 on CPU, where a batch was measured slower than the same images one by one.",
     )
     max_batch_wait_ms: float = Field(
         20.0,

@@ -15,7 +15,7 @@ import torch
 
 from cogserve.engine import BatchItem, Engine, GenerationOutput, GenerationParams, ProgressEvent
 from cogserve.engine.runner import PipelineEngine
-from cogserve.engine.scheduler import Scheduler
+from cogserve.engine.scheduler import Scheduler, batch_size_for
 from cogserve.errors import GenerationFailed, OutOfMemory, QueueFull, RequestTimeout
 from cogserve.settings import ModelSettings, SchedulerSettings
 from tests.helpers import DelegatingEngine
@@ -53,7 +53,7 @@ def run(
     scheduler_settings: SchedulerSettings, engine: Engine, body: Callable[[Scheduler], Coroutine[Any, Any, T]]
 ) -> T:
     async def main() -> T:
-        scheduler = Scheduler(engine, scheduler_settings)
+        scheduler = Scheduler(engine, scheduler_settings, device="cpu")
         scheduler.start()
         try:
             return await body(scheduler)
@@ -230,7 +230,7 @@ def test_cancelled_request_in_a_batch_is_discarded_and_the_rest_finish(recorder:
         drop.cancel()
         return await keep
 
-    kept = run(SchedulerSettings(max_batch_wait_ms=200), recorder, body)
+    kept = run(SchedulerSettings(max_batch_size=2, max_batch_wait_ms=200), recorder, body)
     assert recorder.calls == [["keep", "drop"]]
     assert kept.batch_size == 2 and seen["keep"][-1] == 20
     assert seen["drop"][-1] < 20  # events stop once it is cancelled
@@ -247,6 +247,12 @@ def test_progress_events_name_the_request_and_count_every_step(recorder: Recorde
     assert heard == [ProgressEvent("req-progress", step, 3) for step in (1, 2, 3)]
 
 
+def test_batch_size_defaults_to_4_on_cuda_and_1_on_cpu() -> None:
+    assert batch_size_for(SchedulerSettings(), "cuda:0") == 4
+    assert batch_size_for(SchedulerSettings(), "cpu") == 1
+    assert batch_size_for(SchedulerSettings(max_batch_size=3), "cpu") == 3
+
+
 def test_lone_client_never_waits_for_company(recorder: Recorder) -> None:
     async def body(scheduler: Scheduler) -> float:
         await scheduler.submit(SQUARE, "warm")
@@ -255,7 +261,7 @@ def test_lone_client_never_waits_for_company(recorder: Recorder) -> None:
             await scheduler.submit(like(SQUARE, seed=i), f"r{i}")
         return (time.monotonic() - started) / 3
 
-    per_request = run(SchedulerSettings(max_batch_wait_ms=5000), recorder, body)
+    per_request = run(SchedulerSettings(max_batch_size=4, max_batch_wait_ms=5000), recorder, body)
     assert per_request < 2.5  # waiting for company would cost 5 s each
 
 
@@ -311,7 +317,9 @@ def test_out_of_memory_in_a_batch_reruns_its_images_one_at_a_time(own_engine: Pi
 
     recorder = _inject(own_engine, oom_when_batched)
     results = run(
-        SchedulerSettings(max_batch_wait_ms=500), recorder, _queue_then_release(recorder, ["a", "huge", "c"])
+        SchedulerSettings(max_batch_size=4, max_batch_wait_ms=500),
+        recorder,
+        _queue_then_release(recorder, ["a", "huge", "c"]),
     )
     assert recorder.calls == [["a", "huge", "c"], ["a"], ["huge"], ["c"]]
     assert isinstance(results[0], GenerationOutput) and isinstance(results[2], GenerationOutput)
@@ -336,7 +344,7 @@ def test_pipeline_error_fails_only_its_batch(own_engine: PipelineEngine) -> None
         recorder.gate.set()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
-    bad, mate, other = run(SchedulerSettings(max_batch_wait_ms=500), recorder, body)
+    bad, mate, other = run(SchedulerSettings(max_batch_size=4, max_batch_wait_ms=500), recorder, body)
     assert isinstance(bad, GenerationFailed) and isinstance(mate, GenerationFailed)
     assert "illegal memory access" in bad.message
     assert isinstance(other, GenerationOutput) and other.image.size == (768, 512)

@@ -37,7 +37,7 @@ def create_app(
     engine = engine or create_engine(settings)
     metadata = MetadataStore(settings.database_url)
     access = AccessControl(settings, AccountStore(metadata.engine), MemoryLimiter())
-    scheduler = Scheduler(engine, settings.scheduler)
+    scheduler = Scheduler(engine, settings.scheduler, device=_device_hint(settings))
     service = ImageService(settings, scheduler, LocalImageStore(settings.images_dir), metadata, access)
 
     @asynccontextmanager
@@ -74,6 +74,16 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _device_hint(settings: Settings) -> str:
+    # Only the batch-size default depends on it; a device that cannot be used fails at load, clearly.
+    from cogserve.engine.loader import resolve_device
+
+    try:
+        return resolve_device(settings.model.device)
+    except CogserveError:
+        return "cpu"
 
 
 async def _load_model(

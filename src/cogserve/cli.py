@@ -198,9 +198,14 @@ def serve(
         fatal.append(message)
         server.should_exit = True  # bound below, before the model can fail to load
 
+    try:
+        # Builds what start-up can check: moderation policy, label font, server key, database URL.
+        asgi_app = create_app(settings, on_fatal=on_fatal)
+    except CogserveError as exc:
+        _fail(exc.message)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings, on_fatal=on_fatal),
+            asgi_app,
             host=settings.server.host,
             port=settings.server.port,
             log_config=None,

@@ -81,11 +81,14 @@ def test_serve_refuses_impossible_settings_clearly(tmp_path: Path, models_dir: P
 
 
 def test_serve_refuses_modes_this_device_cannot_run(tmp_path: Path, models_dir: Path) -> None:
+    policy = tmp_path / "bad-policy.toml"
+    policy.write_text('[categories.x]\nlevel = 7\nterms = ["y"]\n', encoding="utf-8")
     refusals = {
         ("--offload", "model"): "Use --offload none on a CPU",
         ("--text-encoder-quant", "nf4"): "needs CUDA; use int8",
         ("--step-cache", "fbc:1.5"): "0 < threshold < 1",
         ("--warmup-sizes", "520x520"): "divisible by 16",
+        ("--moderation-policy", str(policy)): "level",
     }
     for flags, message in refusals.items():
         result = run(models_dir, "serve", *flags, "--data-dir", str(tmp_path), "--device", "cpu")

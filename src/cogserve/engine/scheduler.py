@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -82,6 +83,8 @@ class Scheduler:
         self._counters = _Counters()
         # Most requests in flight at once since the last dispatch: > 1 means waiting can pay off.
         self._peak_in_flight = 0
+        # Moving average of a pipeline call's wall time, for Retry-After.
+        self._call_s = 1.0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cogserve-pipeline")
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -173,8 +176,9 @@ class Scheduler:
         request.future.cancel()
 
     def _retry_after_s(self) -> int:
-        # A rough, honest hint: how long the queue ahead takes at the last batch's pace.
-        return max(1, min(60, len(self._queue) // self._max_batch))
+        # A rough, honest hint: how long the queue ahead takes at the recent pace of pipeline calls.
+        calls_ahead = -(-len(self._queue) // self._max_batch)
+        return max(1, min(60, math.ceil(calls_ahead * self._call_s)))
 
     # -- dispatching -------------------------------------------------------------------------
 
@@ -258,6 +262,7 @@ class Scheduler:
             self._running = []
         self._counters.batches += 1
         self._counters.batched_images += len(batch)
+        self._call_s = 0.8 * self._call_s + 0.2 * outputs[0].elapsed_s
         for request, output in zip(batch, outputs, strict=True):
             _settle(request, output)
 

@@ -47,46 +47,7 @@ STANDARD_TARGET_S = 3.5
 SPEEDUP_TARGET = 1.5
 GUIDANCE = 3.5  # cogserve's default guidance_scale (the official demos' value)
 MODEL_NAME = "cogview4-fullsize-random-bf16"
-
-
-@dataclass(frozen=True)
-class Arch:
-    """Sizes of the three networks; ``full()`` is CogView4-6B, ``tiny()`` a CPU smoke-test shrink."""
-
-    layers: int = 28
-    heads: int = 32
-    head_dim: int = 128
-    time_embed_dim: int = 512
-    condition_dim: int = 256
-    text_layers: int = 40
-    text_hidden: int = 4096
-    text_intermediate: int = 13696
-    text_heads: int = 32
-    text_kv_heads: int = 2
-    text_head_dim: int = 128
-    text_vocab: int = 151552
-    vae_channels: tuple[int, int, int, int] = (128, 512, 1024, 1024)
-    vae_layers_per_block: int = 3
-    vae_groups: int = 32
-
-    @classmethod
-    def tiny(cls) -> Arch:
-        return cls(
-            layers=2,  # First Block Cache needs blocks after the first
-            heads=4,
-            head_dim=32,
-            time_embed_dim=32,
-            condition_dim=16,
-            text_layers=2,  # the pipeline reads the second-to-last hidden state
-            text_hidden=64,
-            text_intermediate=128,
-            text_heads=4,
-            text_kv_heads=2,
-            text_head_dim=16,
-            vae_channels=(16, 32, 32, 32),
-            vae_layers_per_block=1,
-            vae_groups=8,
-        )
+GLM_VOCAB = 151552  # GLM-4-9B's embedding table
 
 
 @dataclass
@@ -143,7 +104,9 @@ def main() -> None:
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32  # bf16 on CPU is ~13x slower than fp32
     warnings.filterwarnings("ignore", message="invalid value encountered in cast")  # random weights
-    arch = Arch.tiny() if args.tiny else Arch()
+    from cogserve.engine.builtin import FULL, TINY
+
+    arch = TINY if args.tiny else FULL
     sched_steps = args.sched_steps or args.standard_steps
 
     started = time.perf_counter()
@@ -213,72 +176,19 @@ def main() -> None:
 # -- building -------------------------------------------------------------------------------------
 
 
-def build_pipeline(arch: Arch, device: str, dtype: Any, prompt_tokens: int) -> tuple[Any, str]:
+def build_pipeline(arch: Any, device: str, dtype: Any, prompt_tokens: int) -> tuple[Any, str]:
     """The CogView4Pipeline with random weights, built on ``device`` in ``dtype`` (no CPU copy)."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        CogView4Pipeline,
-        CogView4Transformer2DModel,
-        FlowMatchEulerDiscreteScheduler,
-    )
-    from transformers import GlmConfig, GlmModel
+    from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
 
-    from cogserve.engine.builtin import SCHEDULER_CONFIG, build_tokenizer
+    from cogserve.engine.builtin import FULL, SCHEDULER_CONFIG, build_networks, build_tokenizer
 
     tokenizer = build_tokenizer()
-    pad_id = tokenizer.pad_token_id
-    # The tiny tokenizer's ids all fit in the full-size table; keep its size so memory is real.
-    vocab = max(arch.text_vocab, len(tokenizer))
+    # The tiny tokenizer's ids all fit in GLM-4's table; keep the real size so memory is real.
+    vocab = max(GLM_VOCAB, len(tokenizer)) if arch == FULL else len(tokenizer)
     torch.manual_seed(0)
     with default_dtype(dtype), torch.device(device):
-        text_encoder = GlmModel(
-            GlmConfig(
-                vocab_size=vocab,
-                hidden_size=arch.text_hidden,
-                intermediate_size=arch.text_intermediate,
-                num_hidden_layers=arch.text_layers,
-                num_attention_heads=arch.text_heads,
-                num_key_value_heads=arch.text_kv_heads,
-                head_dim=arch.text_head_dim,
-                partial_rotary_factor=0.5,
-                attention_bias=True,
-                max_position_embeddings=8192,
-                pad_token_id=pad_id,
-                eos_token_id=pad_id,
-            )
-        )
-        transformer = CogView4Transformer2DModel(
-            patch_size=2,
-            in_channels=16,
-            out_channels=16,
-            num_layers=arch.layers,
-            attention_head_dim=arch.head_dim,
-            num_attention_heads=arch.heads,
-            text_embed_dim=arch.text_hidden,
-            time_embed_dim=arch.time_embed_dim,
-            condition_dim=arch.condition_dim,
-            pos_embed_max_size=128,
-            sample_size=128,
-            rope_axes_dim=(256, 256),
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=arch.vae_channels,
-            layers_per_block=arch.vae_layers_per_block,
-            latent_channels=16,
-            norm_num_groups=arch.vae_groups,
-            sample_size=1024,
-            scaling_factor=1.0,
-            shift_factor=0.0,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            mid_block_add_attention=False,
-            force_upcast=True,
-        )
+        text_encoder, transformer, vae = build_networks(arch, vocab, tokenizer.pad_token_id)
     for module in (text_encoder, transformer, vae):
         # Parameters were made in ``dtype``; buffers an init makes in float32 on purpose (GLM's rotary
         # inv_freq) stay so, as after from_pretrained(dtype=...).
@@ -519,7 +429,7 @@ async def burst(
 # -- report ---------------------------------------------------------------------------------------
 
 
-def describe(pipe: Any, arch: Arch, device: str, dtype: Any, prompt: str, build_s: float, args: Any) -> None:
+def describe(pipe: Any, arch: Any, device: str, dtype: Any, prompt: str, build_s: float, args: Any) -> None:
     import torch
 
     params = {

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,70 +110,131 @@ def build_tokenizer() -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """Sizes of CogView4's three networks. ``TINY`` is the built-in model; ``FULL`` is CogView4-6B
+    (the GPU benchmark builds it with random weights)."""
+
+    layers: int
+    heads: int
+    head_dim: int  # divisible by 4: CogView4 splits it over 2-D RoPE
+    time_embed_dim: int
+    condition_dim: int
+    text_layers: int  # >= 2: the pipeline reads the second-to-last hidden state
+    text_hidden: int
+    text_intermediate: int
+    text_heads: int
+    text_kv_heads: int
+    text_head_dim: int
+    text_positions: int
+    vae_channels: tuple[int, int, int, int]
+    vae_layers_per_block: int
+    vae_groups: int
+    vae_sample_size: int
+
+
+TINY = Architecture(
+    layers=2,
+    heads=4,
+    head_dim=16,
+    time_embed_dim=16,
+    condition_dim=8,
+    text_layers=2,
+    text_hidden=TEXT_DIM,
+    text_intermediate=64,
+    text_heads=4,
+    text_kv_heads=2,
+    text_head_dim=8,
+    text_positions=4096,
+    vae_channels=(8, 16, 16, 16),
+    vae_layers_per_block=1,
+    vae_groups=8,
+    vae_sample_size=128,
+)
+FULL = Architecture(
+    layers=28,
+    heads=32,
+    head_dim=128,
+    time_embed_dim=512,
+    condition_dim=256,
+    text_layers=40,
+    text_hidden=4096,
+    text_intermediate=13696,
+    text_heads=32,
+    text_kv_heads=2,
+    text_head_dim=128,
+    text_positions=8192,
+    vae_channels=(128, 512, 1024, 1024),
+    vae_layers_per_block=3,
+    vae_groups=32,
+    vae_sample_size=1024,
+)
+
+
+def build_networks(arch: Architecture, vocab_size: int, pad_id: int) -> tuple[Any, Any, Any]:
+    """(text encoder, transformer, VAE) with random weights, in torch's current default dtype/device."""
+    from diffusers import AutoencoderKL, CogView4Transformer2DModel
+    from transformers import GlmConfig, GlmModel
+
+    text_encoder = GlmModel(
+        GlmConfig(
+            vocab_size=vocab_size,
+            hidden_size=arch.text_hidden,
+            intermediate_size=arch.text_intermediate,
+            num_hidden_layers=arch.text_layers,
+            num_attention_heads=arch.text_heads,
+            num_key_value_heads=arch.text_kv_heads,
+            head_dim=arch.text_head_dim,
+            partial_rotary_factor=0.5,
+            attention_bias=True,
+            max_position_embeddings=arch.text_positions,
+            pad_token_id=pad_id,
+            eos_token_id=pad_id,
+        )
+    )
+    transformer = CogView4Transformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=arch.layers,
+        attention_head_dim=arch.head_dim,
+        num_attention_heads=arch.heads,
+        text_embed_dim=arch.text_hidden,
+        time_embed_dim=arch.time_embed_dim,
+        condition_dim=arch.condition_dim,
+        pos_embed_max_size=128,
+        sample_size=128,
+        rope_axes_dim=(256, 256),
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=arch.vae_channels,
+        layers_per_block=arch.vae_layers_per_block,
+        latent_channels=16,
+        norm_num_groups=arch.vae_groups,
+        sample_size=arch.vae_sample_size,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=False,
+        force_upcast=True,
+    )
+    return text_encoder, transformer, vae
+
+
 def build_builtin_pipeline() -> Any:
     """Build the tiny pipeline in memory, deterministically (fp32, CPU, fixed seed)."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        CogView4Pipeline,
-        CogView4Transformer2DModel,
-        FlowMatchEulerDiscreteScheduler,
-    )
-    from transformers import GlmConfig, GlmModel
+    from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
 
     tokenizer = build_tokenizer()
-    vocab_size = len(tokenizer)
-    pad_id = tokenizer.pad_token_id
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BUILD_SEED)
-        text_encoder = GlmModel(
-            GlmConfig(
-                vocab_size=vocab_size,
-                hidden_size=TEXT_DIM,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                head_dim=8,
-                partial_rotary_factor=0.5,
-                attention_bias=True,
-                max_position_embeddings=4096,
-                pad_token_id=pad_id,
-                eos_token_id=pad_id,
-            )
-        )
-        transformer = CogView4Transformer2DModel(
-            patch_size=2,
-            in_channels=16,
-            out_channels=16,
-            num_layers=2,
-            attention_head_dim=16,  # divisible by 4: CogView4 splits it over 2-D RoPE
-            num_attention_heads=4,
-            text_embed_dim=TEXT_DIM,
-            time_embed_dim=16,
-            condition_dim=8,
-            pos_embed_max_size=128,
-            sample_size=128,
-            rope_axes_dim=(256, 256),
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(8, 16, 16, 16),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=8,
-            sample_size=128,
-            scaling_factor=1.0,
-            shift_factor=0.0,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            mid_block_add_attention=False,
-            force_upcast=True,
-        )
+        text_encoder, transformer, vae = build_networks(TINY, len(tokenizer), tokenizer.pad_token_id)
     scheduler = FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
     for module in (text_encoder, transformer, vae):
         module.eval()

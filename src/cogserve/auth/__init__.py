@@ -1,7 +1,7 @@
 """API keys, the Authorization header, per-key and per-user limits; knows nothing of HTTP."""
 
 from cogserve.auth.crypto import SecretBox, load_or_create_server_key, parse_server_key
-from cogserve.auth.keys import ApiKey, ApiKeys
+from cogserve.auth.keys import ApiKeys
 from cogserve.auth.limits import Lease, Limiter, Limits, MemoryLimiter
 from cogserve.auth.tokens import TokenVerifier
 from cogserve.errors import (
@@ -17,6 +17,7 @@ from cogserve.errors import (
     RateLimited,
     UserBlocked,
 )
+from cogserve.storage.accounts import ApiKey
 
 __all__ = [
     "ApiKey",

@@ -10,29 +10,15 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass
 
 from cogserve.auth.crypto import SecretBox
 from cogserve.errors import InvalidField
-from cogserve.storage.accounts import AccountStore, ApiKeyRow
+from cogserve.storage.accounts import AccountStore, ApiKey, ApiKeyRow
 
 _ID_HEX_BYTES = 12  # 24 hex characters
 _SECRET_BYTES = 24  # 192 bits, 32 URL-safe base64 characters
 # What an id in a request may look like before it is worth a database lookup.
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """What an authenticated request knows about its key (never the secret)."""
-
-    id: str
-    name: str
-    created_at: float
-    revoked_at: float | None
-    rpm_limit: int | None
-    concurrency_limit: int | None
-    allow_no_watermark: bool
 
 
 class ApiKeys:
@@ -72,7 +58,7 @@ class ApiKeys:
             allow_no_watermark=allow_no_watermark,
         )
         self._store.add_key(row)
-        return _public(row), f"{key_id}.{secret}"
+        return ApiKey.of(row), f"{key_id}.{secret}"
 
     def lookup(self, key_id: str) -> tuple[ApiKey, bytes] | None:
         """The key and its secret, or None if there is no such key. Reads the row every time, so
@@ -82,16 +68,4 @@ class ApiKeys:
         row = self._store.get_key(key_id)
         if row is None:
             return None
-        return _public(row), self._box.open(row.sealed_secret, key_id=row.id)
-
-
-def _public(row: ApiKeyRow) -> ApiKey:
-    return ApiKey(
-        id=row.id,
-        name=row.name,
-        created_at=row.created_at,
-        revoked_at=row.revoked_at,
-        rpm_limit=row.rpm_limit,
-        concurrency_limit=row.concurrency_limit,
-        allow_no_watermark=row.allow_no_watermark,
-    )
+        return ApiKey.of(row), self._box.open(row.sealed_secret, key_id=row.id)

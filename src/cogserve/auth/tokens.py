@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cogserve.auth.keys import ApiKey, ApiKeys
+from cogserve.auth.keys import ApiKeys
 from cogserve.errors import AuthExpired, AuthFailed, AuthInvalid, AuthMissing, AuthRevoked
+from cogserve.storage.accounts import ApiKey
 
 _MAX_TOKEN_CHARS = 4096
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")

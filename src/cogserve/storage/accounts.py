@@ -97,8 +97,8 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
-class KeySummary:
-    """A key as ``cogserve keys list`` shows it: everything but the secret."""
+class ApiKey:
+    """What an authenticated request knows about its key (never the secret)."""
 
     id: str
     name: str
@@ -107,7 +107,25 @@ class KeySummary:
     rpm_limit: int | None
     concurrency_limit: int | None
     allow_no_watermark: bool
-    last_used_at: float | None
+
+    @classmethod
+    def of(cls, row: ApiKeyRow) -> ApiKey:
+        return cls(
+            id=row.id,
+            name=row.name,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+            rpm_limit=row.rpm_limit,
+            concurrency_limit=row.concurrency_limit,
+            allow_no_watermark=row.allow_no_watermark,
+        )
+
+
+@dataclass(frozen=True)
+class KeySummary(ApiKey):
+    """A key as ``cogserve keys list`` shows it: everything but the secret, and when it was last used."""
+
+    last_used_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,17 +179,7 @@ class AccountStore:
         )
         with translated("list API keys"), self._sessions() as session:
             return [
-                KeySummary(
-                    id=row.id,
-                    name=row.name,
-                    created_at=row.created_at,
-                    revoked_at=row.revoked_at,
-                    rpm_limit=row.rpm_limit,
-                    concurrency_limit=row.concurrency_limit,
-                    allow_no_watermark=row.allow_no_watermark,
-                    last_used_at=last,
-                )
-                for row, last in session.execute(query)
+                KeySummary(**vars(ApiKey.of(row)), last_used_at=last) for row, last in session.execute(query)
             ]
 
     def revoke_key(self, key_id: str, *, at: float | None = None) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,23 @@ def test_bad_credentials_get_their_codes(secured: tuple[Server, str]) -> None:
         _sdk(server, f"{key_id}.wrong-secret-wrong-secret").images.generations(
             model="cogview-4", prompt="a cat"
         )
+
+
+def test_key_limits_hold_for_real_concurrent_clients(secured: tuple[Server, str], models_dir: Path) -> None:
+    server, _ = secured
+    data = ["--data-dir", str(server.data_dir)]
+    key = run(models_dir, "keys", "create", "--rpm", "5", "--concurrency", "0", *data).stdout.strip()
+
+    def post(_: int) -> httpx.Response:
+        body = {"model": "cogview-4", "prompt": "a paper boat", "size": "512x512"}
+        return httpx.post(
+            f"{server.url}{IMAGES}", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120
+        )
+
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(post, range(20)))
+    codes = sorted("ok" if r.status_code == 200 else r.json()["error"]["code"] for r in responses)
+    assert codes == ["1303"] * 15 + ["ok"] * 5
 
 
 def test_revoke_block_usage_and_watermark_through_the_cli(

@@ -103,7 +103,8 @@ class ImageService:
                 headers={"Retry-After": "5"},
             )
         async with self._access.admitted(key, job.user_id):
-            verdict = self._policy.check(job.params.prompt)
+            # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
+            verdict = await asyncio.to_thread(self._policy.check, job.params.prompt)
             note.moderation_level = verdict.level
             if verdict.blocked(self._settings.safety.block_level):
                 log.warning(

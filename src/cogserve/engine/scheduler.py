@@ -118,13 +118,6 @@ class Scheduler:
             batched_images=self._counters.batched_images,
         )
 
-    def queue_position(self, request_id: str) -> int | None:
-        """0-based place in the queue, or None when not queued (running, done or unknown)."""
-        for index, request in enumerate(self._queue):
-            if request.request_id == request_id:
-                return index
-        return None
-
     # -- submitting --------------------------------------------------------------------------
 
     async def submit(

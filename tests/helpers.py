@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -64,3 +66,31 @@ class DelegatingEngine:
 
     def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
         return self.inner.generate_batch(items)
+
+
+class StepGateEngine(DelegatingEngine):
+    """The real engine, holding every pipeline call after its first step until ``gate`` opens.
+
+    Lets a test see a request running (progress > 0) and act on it mid-generation. ``prompts``
+    records what reached the pipeline.
+    """
+
+    def __init__(self, inner: Engine) -> None:
+        super().__init__(inner)
+        self.gate = threading.Event()
+        self.stepped = threading.Event()
+        self.prompts: list[str] = []
+
+    def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
+        self.prompts.extend(item.params.prompt for item in items)
+        return self.inner.generate_batch([replace(item, on_progress=self._hold(item)) for item in items])
+
+    def _hold(self, item: BatchItem) -> Callable[[int, int], None]:
+        def on_progress(step: int, total: int) -> None:
+            if item.on_progress is not None:
+                item.on_progress(step, total)
+            if step == 1:
+                self.stepped.set()
+                self.gate.wait(30)
+
+        return on_progress

@@ -152,6 +152,40 @@ class SchedulerSettings(BaseModel):
     )
 
 
+class JobSettings(BaseModel):
+    timeout_s: float = Field(
+        3600.0, gt=0, description="An async job not done this long after it was queued fails with 504/1230."
+    )
+    lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="How long a job stays with the process working on it without a renewal. A process "
+        "that dies stops renewing; after this long another (or the restarted one) runs the job again.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Runs a job gets across server crashes before it is failed for good."
+    )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="Hosts (host or host:port) that webhook_url may point at. Empty: webhooks are refused, "
+        "so a client cannot make the server send requests into its network.",
+    )
+    webhook_attempts: int = Field(
+        5, ge=1, le=20, description="Deliveries tried before a webhook is given up."
+    )
+    webhook_backoff_s: float = Field(
+        1.0, gt=0, description="Wait before the first retry; doubles after each failed delivery."
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Per-delivery timeout.")
+
+    @field_validator("webhook_allow", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+
 class AuthSettings(BaseModel):
     require_auth: bool = Field(
         False,
@@ -212,6 +246,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)

@@ -12,17 +12,22 @@ from fastapi import FastAPI
 
 from cogserve import __version__
 from cogserve.api.errors import install_error_handlers
+from cogserve.api.jobs import render as render_job
+from cogserve.api.jobs import router as jobs_router
 from cogserve.api.middleware import RequestContextMiddleware
 from cogserve.api.routes import AppContext, router
 from cogserve.auth import MemoryLimiter
 from cogserve.engine import Engine, create_engine
 from cogserve.engine.scheduler import Scheduler
 from cogserve.errors import CogserveError
+from cogserve.metrics import Metrics
 from cogserve.service import ImageService
 from cogserve.service.access import OPEN_MODE_WARNING, AccessControl
+from cogserve.service.jobs import JobService
 from cogserve.settings import Settings
 from cogserve.storage import LocalImageStore, MetadataStore
 from cogserve.storage.accounts import AccountStore
+from cogserve.storage.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +40,23 @@ def create_app(
     """Build the ASGI app. ``engine`` lets tests wrap the real one; ``on_fatal`` is told when the
     model cannot load, so the CLI can exit instead of serving 503 forever."""
     engine = engine or create_engine(settings)
+    metrics = Metrics()
+    device = _device_hint(settings)
     metadata = MetadataStore(settings.database_url)
     access = AccessControl(settings, AccountStore(metadata.engine), MemoryLimiter())
-    scheduler = Scheduler(engine, settings.scheduler, device=_device_hint(settings))
-    service = ImageService(settings, scheduler, LocalImageStore(settings.images_dir), metadata, access)
+    scheduler = Scheduler(engine, settings.scheduler, device=device, on_batch=metrics.batch)
+    files = LocalImageStore(settings.images_dir)
+    service = ImageService(settings, scheduler, files, metadata, access, metrics)
+    jobs = JobService(
+        settings,
+        service,
+        scheduler,
+        JobStore(metadata.engine),
+        access,
+        metrics,
+        render=lambda view: render_job(view, view.base_url),
+    )
+    _watch(metrics, service, scheduler, jobs, device)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +67,7 @@ def create_app(
         tasks = [
             asyncio.create_task(_load_model(engine, service, settings, on_fatal)),
             asyncio.create_task(service.run_sweeper()),
+            asyncio.create_task(jobs.run_upkeep()),
         ]
         try:
             yield
@@ -58,6 +77,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await jobs.stop()  # before the scheduler, so running jobs are handed back, not failed
             await scheduler.stop()
             metadata.close()
 
@@ -68,12 +88,36 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.cogserve = AppContext(
-        settings=settings, engine=engine, scheduler=scheduler, service=service, access=access
+        settings=settings,
+        engine=engine,
+        scheduler=scheduler,
+        service=service,
+        access=access,
+        jobs=jobs,
+        metrics=metrics,
     )
     app.include_router(router)
+    app.include_router(jobs_router)
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
+
+
+def _watch(
+    metrics: Metrics, service: ImageService, scheduler: Scheduler, jobs: JobService, device: str
+) -> None:
+    """Gauges read at scrape time from the parts that own the numbers."""
+    metrics.gauge("cogserve_ready", "1 once the model is loaded and warm.", lambda: float(service.ready))
+    metrics.gauge(
+        "cogserve_queue_depth", "Images waiting in the scheduler's queue.", lambda: scheduler.stats.queued
+    )
+    metrics.gauge(
+        "cogserve_running_images", "Images in the pipeline call now running.", lambda: scheduler.stats.running
+    )
+    metrics.gauge(
+        "cogserve_async_jobs_active", "Async jobs this process is working on.", lambda: jobs.running
+    )
+    metrics.watch_gpu_memory(device)
 
 
 def _device_hint(settings: Settings) -> str:

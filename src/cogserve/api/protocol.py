@@ -157,6 +157,52 @@ class ErrorEnvelope(BaseModel):
     error: ErrorBody
 
 
+class AsyncImageGenerationRequest(ImageGenerationRequest):
+    """Body of ``POST /api/paas/v4/async/images/generations``: the sync body, plus a webhook."""
+
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="cogserve extension: where to POST the final result (the async-result body). Only "
+        "hosts the operator allows (--webhook-allow); retried with backoff until a 2xx answer.",
+    )
+
+    @field_validator("response_format")
+    @classmethod
+    def _urls_only(cls, value: str) -> str:
+        if value != "url":
+            raise ValueError("async jobs answer with URLs only; fetch the image from the result's url")
+        return value
+
+
+class AsyncTask(BaseModel):
+    id: str = Field(description="The job's id: poll GET /api/paas/v4/async-result/{id}.")
+    request_id: str = Field(description="The request_id sent, or the generated one.")
+    model: str = Field(description="The model code asked for.")
+    task_status: Literal["PROCESSING", "SUCCESS", "FAIL"] = Field(
+        description="PROCESSING while queued or running, then SUCCESS or FAIL."
+    )
+
+
+class AsyncResult(AsyncTask):
+    state: Literal["queued", "running", "success", "fail"] = Field(
+        description="cogserve extension: task_status in finer steps."
+    )
+    progress: int = Field(
+        ge=0, le=100, description="Percent done, from the denoising steps; 100 when stored."
+    )
+    queue_position: int | None = Field(
+        None, description="While queued in this server's scheduler: 1 starts next."
+    )
+    created: int | None = Field(None, description="On SUCCESS: Unix time in seconds the image was made.")
+    image_result: list[ImageData] | None = Field(None, description="On SUCCESS: the image (BigModel's name).")
+    data: list[ImageData] | None = Field(
+        None, description="On SUCCESS: the image, as the sync call names it."
+    )
+    content_filter: list[ContentFilterEntry] | None = Field(None, description="On SUCCESS: safety checks.")
+    error: ErrorBody | None = Field(None, description="On FAIL: the business code and message.")
+
+
 def validation_error(exc: ValidationError) -> CogserveError:
     """The first failure of a body, as the BigModel error for it (1213 missing, 1214 invalid)."""
     first = exc.errors(include_url=False)[0]

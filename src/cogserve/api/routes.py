@@ -29,8 +29,11 @@ from cogserve.api.urls import public_base_url
 from cogserve.engine import Engine
 from cogserve.engine.scheduler import Scheduler
 from cogserve.errors import NotFound, ServiceUnavailable
+from cogserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cogserve.metrics import Metrics
 from cogserve.service import ImageService
 from cogserve.service.access import AccessControl
+from cogserve.service.jobs import JobService
 from cogserve.settings import Settings
 
 IMAGES_PATH = "/api/paas/v4/images/generations"
@@ -43,6 +46,8 @@ class AppContext:
     scheduler: Scheduler
     service: ImageService
     access: AccessControl
+    jobs: JobService
+    metrics: Metrics
 
 
 def context(request: Request) -> AppContext:
@@ -50,7 +55,7 @@ def context(request: Request) -> AppContext:
     return ctx
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorEnvelope} for status in statuses}
 
 
@@ -61,7 +66,7 @@ router = APIRouter()
     IMAGES_PATH,
     response_model=ImageGenerationResponse,
     response_model_exclude_none=True,
-    responses=_errors(400, 401, 403, 413, 429, 500, 503, 504),
+    responses=error_responses(400, 401, 403, 413, 429, 500, 503, 504),
     summary="Generate an image (BigModel CogView-4 API)",
     openapi_extra={
         "requestBody": {
@@ -103,7 +108,7 @@ async def create_image(request: Request) -> JSONResponse:
 @router.get(
     "/files/{name}",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}}, **_errors(404)},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
     summary="Fetch a generated image (the URL is the capability: no key needed)",
 )
 async def get_image(name: str, request: Request) -> FileResponse:
@@ -119,12 +124,22 @@ async def get_image(name: str, request: Request) -> FileResponse:
     )
 
 
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    summary="Prometheus metrics (public, like /healthz: counts and timings, nothing secret)",
+)
+async def metrics(request: Request) -> Response:
+    return Response(context(request).metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
 @router.get("/healthz", summary="The process is up")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The model is loaded and warmed up", responses=_errors(503))
+@router.get("/readyz", summary="The model is loaded and warmed up", responses=error_responses(503))
 async def readyz(request: Request) -> Response:
     ctx = context(request)
     if not ctx.service.ready:

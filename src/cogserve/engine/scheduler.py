@@ -53,6 +53,7 @@ class _Request:
     # Written on the loop, read by the worker thread between steps; a bool store is atomic.
     cancelled: bool = False
     started: bool = False
+    waited_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,17 @@ class SchedulerStats:
     batched_images: int
 
 
+@dataclass(frozen=True)
+class BatchReport:
+    """One finished pipeline call, for metrics."""
+
+    size: int
+    steps: int
+    elapsed_s: float
+    #: How long each image of the batch waited in the queue before the call began.
+    waited_s: tuple[float, ...]
+
+
 @dataclass
 class _Counters:
     batches: int = 0
@@ -70,9 +82,18 @@ class _Counters:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, settings: SchedulerSettings, *, device: str) -> None:
-        """``device`` picks the batch size when the settings leave it unset (see ``batch_size_for``)."""
+    def __init__(
+        self,
+        engine: Engine,
+        settings: SchedulerSettings,
+        *,
+        device: str,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> None:
+        """``device`` picks the batch size when the settings leave it unset (see ``batch_size_for``);
+        ``on_batch`` hears of every finished pipeline call."""
         self._engine = engine
+        self._on_batch = on_batch
         self._settings = settings
         self._max_batch = batch_size_for(settings, device)
         self._queue: list[_Request] = []
@@ -125,20 +146,19 @@ class Scheduler:
         params: GenerationParams,
         request_id: str,
         on_progress: ProgressListener | None = None,
+        *,
+        timeout_s: float | None = None,
     ) -> GenerationOutput:
         """Queue one image and wait for it; raises QueueFull, RequestTimeout or the engine's error.
 
-        Cancelling the awaiting task (a client that left) cancels the work too.
+        ``timeout_s`` overrides ``request_timeout_s`` (async jobs have their own). Cancelling the
+        awaiting task (a client that left) cancels the work too.
         """
         if self._task is None:
             raise ServiceUnavailable("the scheduler is not running")
-        if len(self._queue) >= self._settings.max_queue:
-            raise QueueFull(
-                f"the queue is full ({self._settings.max_queue} requests waiting); retry shortly",
-                headers={"Retry-After": str(self._retry_after_s())},
-            )
+        self.check_capacity()
         now = time.monotonic()
-        timeout = self._settings.request_timeout_s
+        timeout = timeout_s if timeout_s is not None else self._settings.request_timeout_s
         request = _Request(
             params=params,
             request_id=request_id,
@@ -161,6 +181,24 @@ class Scheduler:
         except asyncio.CancelledError:
             self._cancel(request)
             raise
+
+    def check_capacity(self) -> None:
+        """Raise QueueFull if one more request would not fit (async submissions check up front)."""
+        if len(self._queue) >= self._settings.max_queue:
+            raise QueueFull(
+                f"the queue is full ({self._settings.max_queue} requests waiting); retry shortly",
+                headers={"Retry-After": str(self._retry_after_s())},
+            )
+
+    def queue_position(self, request_id: str) -> int | None:
+        """1 for the next request to start, 2 for the one after...; None if not waiting."""
+        for position, request in enumerate(self._queue, start=1):
+            if request.request_id == request_id:
+                return position
+        return None
+
+    def is_running(self, request_id: str) -> bool:
+        return any(request.request_id == request_id for request in self._running)
 
     def _cancel(self, request: _Request) -> None:
         request.cancelled = True
@@ -205,9 +243,11 @@ class Scheduler:
                     batch = self._companions(head)
                 if head.cancelled:
                     continue
+            now = time.monotonic()
             for request in batch:
                 self._queue.remove(request)
                 request.started = True
+                request.waited_s = now - request.enqueued
             self._peak_in_flight = len(self._queue) + len(batch)
             return batch
 
@@ -256,6 +296,17 @@ class Scheduler:
         self._counters.batches += 1
         self._counters.batched_images += len(batch)
         self._call_s = 0.8 * self._call_s + 0.2 * outputs[0].elapsed_s
+        if self._on_batch is not None:
+            report = BatchReport(
+                size=len(batch),
+                steps=batch[0].params.steps,
+                elapsed_s=outputs[0].elapsed_s,
+                waited_s=tuple(request.waited_s for request in batch),
+            )
+            try:
+                self._on_batch(report)
+            except Exception:  # metrics must never fail a batch
+                log.exception("on_batch listener failed")
         for request, output in zip(batch, outputs, strict=True):
             _settle(request, output)
 

@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -15,6 +17,7 @@ from cogserve.auth import ApiKey
 from cogserve.engine import GenerationParams
 from cogserve.engine.scheduler import ProgressListener, Scheduler
 from cogserve.errors import ContentBlocked, InvalidField, NotFound, ServiceUnavailable, StorageError
+from cogserve.metrics import Metrics
 from cogserve.safety.images import create_image_checker
 from cogserve.safety.moderation import load_policy
 from cogserve.safety.watermark import Watermarker
@@ -57,6 +60,7 @@ class StoredImage:
     png: bytes
     seed: int
     content_filter: list[dict[str, Any]] = field(default_factory=list)
+    expires_at: float = 0.0
 
 
 class ImageService:
@@ -67,8 +71,10 @@ class ImageService:
         files: LocalImageStore,
         metadata: MetadataStore,
         access: AccessControl,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
+        self._metrics = metrics or Metrics()
         self._scheduler = scheduler
         self._access = access
         safety = settings.safety
@@ -96,52 +102,85 @@ class ImageService:
         the caller's task cancels it: queued work never starts, running work stops or is
         discarded, and nothing stays stored.
         """
-        note = note or AuditNote()
+        async with self.admitted(key, job.user_id):
+            return await self.produce(job, self.watermark_wanted(job, key), note, on_progress)
+
+    @asynccontextmanager
+    async def admitted(self, key: ApiKey | None, user_id: str | None) -> AsyncIterator[None]:
+        """Refuse at once if the model is not ready, the user is blocked or a limit is reached;
+        otherwise hold the request's place within its key's and user's limits until the block ends.
+        One admission may cover several images (the OpenAI route's ``n``)."""
+        self.check_ready()
+        async with self._access.admitted(key, user_id):
+            yield
+
+    def check_ready(self) -> None:
         if not self.ready:
             raise ServiceUnavailable(
                 self.load_error or "the model is still loading; retry shortly",
                 headers={"Retry-After": "5"},
             )
-        async with self._access.admitted(key, job.user_id):
-            # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
-            verdict = await asyncio.to_thread(self._policy.check, job.params.prompt)
-            note.moderation_level = verdict.level
-            if verdict.blocked(self._settings.safety.block_level):
-                log.warning(
-                    "prompt refused (level %d, %s) for user_id %s",
-                    verdict.level,
-                    ", ".join(sorted({hit.category for hit in verdict.hits})),
-                    job.user_id,
-                )
-                raise ContentBlocked("input")
-            watermark = self._watermark_wanted(job, key)
-            created = time.time()
-            output = await self._scheduler.submit(job.params, job.request_id, on_progress)
-            image_id = new_image_id()
-            png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark)
-            content_filter = [{"role": "user", "level": verdict.level}]
-            if image_level is not None:
-                content_filter.append({"role": "assistant", "level": image_level})
-            expires_at = created + self._settings.storage.image_ttl_days * 86400
-            row = _row_for(job, image_id, created, expires_at, output.elapsed_s, watermark)
-            writing = asyncio.ensure_future(asyncio.to_thread(self._store, image_id, png, row))
-            try:
-                await asyncio.shield(writing)
-            except asyncio.CancelledError:
-                # The caller left mid-write: let the write finish, then take the image back.
-                loop = asyncio.get_running_loop()
-                writing.add_done_callback(lambda _: loop.run_in_executor(None, self._discard, image_id))
-                raise
+
+    async def produce(
+        self,
+        job: ImageJob,
+        watermark: bool,
+        note: AuditNote | None = None,
+        on_progress: ProgressListener | None = None,
+        *,
+        schedule_id: str | None = None,
+        timeout_s: float | None = None,
+    ) -> StoredImage:
+        """Moderate, generate, mark and store one image of an admitted request.
+
+        ``schedule_id`` names the work in the scheduler (``Scheduler.queue_position``); it defaults
+        to the request id. ``timeout_s`` overrides the scheduler's request timeout.
+        """
+        note = note or AuditNote()
+        # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
+        verdict = await asyncio.to_thread(self._policy.check, job.params.prompt)
+        note.moderation_level = verdict.level
+        if verdict.blocked(self._settings.safety.block_level):
+            log.warning(
+                "prompt refused (level %d, %s) for user_id %s",
+                verdict.level,
+                ", ".join(sorted({hit.category for hit in verdict.hits})),
+                job.user_id,
+            )
+            self._metrics.moderation_block("input")
+            raise ContentBlocked("input")
+        created = time.time()
+        output = await self._scheduler.submit(
+            job.params, schedule_id or job.request_id, on_progress, timeout_s=timeout_s
+        )
+        image_id = new_image_id()
+        png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark)
+        content_filter = [{"role": "user", "level": verdict.level}]
+        if image_level is not None:
+            content_filter.append({"role": "assistant", "level": image_level})
+        expires_at = created + self._settings.storage.image_ttl_days * 86400
+        row = _row_for(job, image_id, created, expires_at, output.elapsed_s, watermark)
+        writing = asyncio.ensure_future(asyncio.to_thread(self._store, image_id, png, row))
+        try:
+            await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            # The caller left mid-write: let the write finish, then take the image back.
+            loop = asyncio.get_running_loop()
+            writing.add_done_callback(lambda _: loop.run_in_executor(None, self._discard, image_id))
+            raise
         note.image_id = image_id
+        self._metrics.image_generated()
         return StoredImage(
             image_id=image_id,
             created=int(created),
             png=png,
             seed=output.seed,
             content_filter=content_filter,
+            expires_at=expires_at,
         )
 
-    def _watermark_wanted(self, job: ImageJob, key: ApiKey | None) -> bool:
+    def watermark_wanted(self, job: ImageJob, key: ApiKey | None) -> bool:
+        """Whether the image gets marked; raises InvalidField when this key may not opt out."""
         if job.watermark_enabled is not False:
             return True  # the cloud API's default: marked unless asked otherwise
         if key is None or key.allow_no_watermark:
@@ -160,6 +199,7 @@ class ImageService:
             image_level = image_verdict.level
             if image_level <= self._settings.safety.block_level:
                 log.warning("generated image refused (level %d, %s)", image_level, image_verdict.labels)
+                self._metrics.moderation_block("output")
                 raise ContentBlocked("generated image")
         if not watermark:
             return encode_png(image), image_level

@@ -1,0 +1,123 @@
+"""Async image jobs over HTTP, in BigModel's async style: submit, poll the result, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from cogserve.api.body import read_json_object
+from cogserve.api.protocol import (
+    AsyncImageGenerationRequest,
+    AsyncResult,
+    AsyncTask,
+    ContentFilterEntry,
+    ErrorBody,
+    ImageData,
+    validation_error,
+)
+from cogserve.api.routes import context, error_responses
+from cogserve.api.urls import public_base_url
+from cogserve.auth import ApiKey
+from cogserve.service.jobs import ASYNC_PATH, JobView
+
+RESULT_PATH = "/api/paas/v4/async-result/{job_id}"
+CANCEL_PATH = ASYNC_PATH + "/{job_id}/cancel"
+
+_TASK_STATUS: dict[str, Literal["PROCESSING", "SUCCESS", "FAIL"]] = {
+    "queued": "PROCESSING",
+    "running": "PROCESSING",
+    "success": "SUCCESS",
+    "fail": "FAIL",
+}
+
+router = APIRouter()
+
+
+@router.post(
+    ASYNC_PATH,
+    response_model=AsyncTask,
+    responses=error_responses(400, 401, 403, 413, 429, 500, 503),
+    summary="Submit an image job; answers at once with its id (BigModel async API)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": AsyncImageGenerationRequest.model_json_schema()}},
+        }
+    },
+)
+async def submit_job(request: Request) -> JSONResponse:
+    ctx = context(request)
+    async with ctx.access.audit(request.state.request_id, ASYNC_PATH + " (submit)") as note:
+        key = await _caller(request)
+        note.key_id = key.id if key else None
+        data = await read_json_object(request, ctx.settings.server.max_body_bytes)
+        try:
+            body = AsyncImageGenerationRequest.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        request_id = body.request_id or request.state.request_id
+        request.state.request_id = request_id
+        job = body.to_job(ctx.settings.model, request_id)
+        note.user_id = job.user_id
+        base_url = public_base_url(request, ctx.settings.server)
+        row = await ctx.jobs.submit(job, key, base_url, body.webhook_url)
+    task = AsyncTask(id=row.id, request_id=row.request_id, model=row.model, task_status="PROCESSING")
+    return JSONResponse(task.model_dump())
+
+
+@router.get(
+    RESULT_PATH,
+    response_model=AsyncResult,
+    response_model_exclude_none=True,
+    responses=error_responses(401, 404),
+    summary="Where an async job stands, and its image once done",
+)
+async def job_result(job_id: str, request: Request) -> JSONResponse:
+    ctx = context(request)
+    view = await ctx.jobs.view(job_id, await _caller(request))
+    return JSONResponse(render(view, public_base_url(request, ctx.settings.server)))
+
+
+@router.post(
+    CANCEL_PATH,
+    response_model=AsyncResult,
+    response_model_exclude_none=True,
+    responses=error_responses(401, 404),
+    summary="Cancel a queued or running job (cogserve extension); a finished one is left as it is",
+)
+async def cancel_job(job_id: str, request: Request) -> JSONResponse:
+    ctx = context(request)
+    view = await ctx.jobs.cancel(job_id, await _caller(request))
+    return JSONResponse(render(view, public_base_url(request, ctx.settings.server)))
+
+
+async def _caller(request: Request) -> ApiKey | None:
+    access = context(request).access
+    return await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
+
+
+def render(view: JobView, base_url: str) -> dict[str, Any]:
+    """The async-result body: also what a webhook receives (with the base URL of the submit)."""
+    result = AsyncResult(
+        id=view.id,
+        request_id=view.request_id,
+        model=view.model,
+        task_status=_TASK_STATUS[view.state],
+        state=view.state,
+        progress=view.progress,
+        queue_position=view.queue_position,
+    )
+    if view.state == "success" and view.image_id is not None:
+        images = [ImageData(url=f"{base_url}/files/{view.image_id}.png")]
+        result.created = view.created
+        result.image_result = images
+        result.data = images
+        result.content_filter = [ContentFilterEntry.model_validate(entry) for entry in view.content_filter]
+    elif view.state == "fail":
+        result.error = ErrorBody(code=view.error_code or "500", message=view.error_message or "failed")
+    return result.model_dump(exclude_none=True)

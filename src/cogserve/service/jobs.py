@@ -1,0 +1,326 @@
+"""Async jobs: submit now, poll (or be called back) later; they outlive the process that took them.
+
+- ``submit`` runs every check a sync request gets before answering (ready, queue room, key and user
+  limits, watermark permission, webhook host), records the job and starts it in the background. The
+  job holds its place within the key's and user's limits until it ends, like a sync request.
+- Prompt moderation runs in the job, so a refused prompt is a job that FAILs with 1301.
+- The job's row is leased to this process and renewed while it runs (``storage.jobs``). After a
+  crash, even kill -9, the lease lapses and this or another process claims the job and runs it
+  again from its stored request (same seed, same image), up to ``max_attempts`` runs; after that it
+  FAILs saying why. So no job stays PROCESSING forever.
+- A graceful stop hands running jobs back at once (queued, lease lapsed) for the next process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+
+from cogserve.auth import ApiKey
+from cogserve.engine import GenerationParams, ProgressEvent
+from cogserve.engine.scheduler import Scheduler
+from cogserve.errors import CogserveError, Interrupted, NotFound, RequestTimeout
+from cogserve.metrics import Metrics
+from cogserve.service.access import AccessControl
+from cogserve.service.images import ImageJob, ImageService
+from cogserve.service.webhooks import check_webhook_url, deliver
+from cogserve.settings import Settings
+from cogserve.storage.jobs import ACTIVE, JobRow, JobStore, Outcome, Status, new_job_id
+
+log = logging.getLogger(__name__)
+
+ASYNC_PATH = "/api/paas/v4/async/images/generations"
+CANCELLED_MESSAGE = "the job was cancelled by its owner"
+
+
+@dataclass(frozen=True)
+class JobView:
+    """Where a job stands, as its owner may see it."""
+
+    id: str
+    request_id: str
+    model: str
+    state: Status
+    progress: int
+    queue_position: int | None
+    base_url: str
+    image_id: str | None = None
+    created: int | None = None
+    content_filter: list[dict[str, Any]] = field(default_factory=list)
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+#: Turns a finished job into the body its webhook POSTs (the API's result shape).
+Renderer = Callable[[JobView], dict[str, Any]]
+
+
+@dataclass(eq=False)
+class _Local:
+    """A job this process is running."""
+
+    request_id: str
+    progress: int = 0
+    task: asyncio.Task[None] | None = None
+
+    def on_progress(self, event: ProgressEvent) -> None:
+        # 100 means stored and answerable; the last step is not quite that.
+        self.progress = min(99, event.step * 100 // max(1, event.total))
+
+
+class JobService:
+    def __init__(
+        self,
+        settings: Settings,
+        images: ImageService,
+        scheduler: Scheduler,
+        store: JobStore,
+        access: AccessControl,
+        metrics: Metrics,
+        render: Renderer,
+    ) -> None:
+        self._settings = settings
+        self._jobs = settings.jobs
+        self._images = images
+        self._scheduler = scheduler
+        self._store = store
+        self._access = access
+        self._metrics = metrics
+        self._render = render
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._local: dict[str, _Local] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    @property
+    def running(self) -> int:
+        return len(self._local)
+
+    # -- the API's calls ---------------------------------------------------------------------
+
+    async def submit(
+        self, job: ImageJob, key: ApiKey | None, base_url: str, webhook_url: str | None = None
+    ) -> JobRow:
+        self._images.check_ready()
+        self._scheduler.check_capacity()
+        watermark = self._images.watermark_wanted(job, key)
+        if webhook_url is not None:
+            check_webhook_url(webhook_url, self._jobs.webhook_allow)
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self._images.admitted(key, job.user_id))
+        now = time.time()
+        row = JobRow(
+            id=new_job_id(),
+            key_id=key.id if key else None,
+            request_id=job.request_id,
+            model=job.model,
+            user_id=job.user_id,
+            status="queued",
+            created_at=now,
+            updated_at=now,
+            spec=json.dumps({"job": asdict(job), "watermark": watermark, "base_url": base_url}),
+            progress=0,
+            worker=self.worker,
+            lease_until=now + self._jobs.lease_s,
+            attempts=1,
+            webhook_url=webhook_url,
+        )
+        try:
+            await asyncio.to_thread(self._store.add, row)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._start(row, stack)
+        return row
+
+    async def view(self, job_id: str, key: ApiKey | None) -> JobView:
+        return self._view_of(await self._owned(job_id, key))
+
+    async def cancel(self, job_id: str, key: ApiKey | None) -> JobView:
+        """Cancel a queued or running job (here or in another process); a finished one is unchanged."""
+        row = await self._owned(job_id, key)
+        if row.status in ACTIVE:
+            code = Interrupted.code
+            if await asyncio.to_thread(self._store.cancel, job_id, code, CANCELLED_MESSAGE):
+                self._metrics.job_finished("FAIL")
+                local = self._local.get(job_id)
+                if local is not None and local.task is not None:
+                    local.task.cancel()
+                # A job running elsewhere learns of it at its next lease renewal.
+            row = await self._owned(job_id, key)
+        return self._view_of(row)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _start(self, row: JobRow, stack: AsyncExitStack | None) -> None:
+        local = _Local(request_id=row.request_id)
+        self._local[row.id] = local
+        local.task = asyncio.get_running_loop().create_task(self._run(row, local, stack))
+
+    async def _run(self, row: JobRow, local: _Local, stack: AsyncExitStack | None) -> None:
+        spec = json.loads(row.spec)
+        job = _job_from(spec["job"])
+        outcome: Outcome | None = None
+        try:
+            async with self._access.audit(job.request_id, ASYNC_PATH) as note:
+                note.key_id, note.user_id = row.key_id, job.user_id
+                remaining = self._jobs.timeout_s - (time.time() - row.created_at)
+                if remaining <= 0:
+                    raise RequestTimeout(f"the job was not done within {self._jobs.timeout_s:g} s")
+                stored = await self._images.produce(
+                    job,
+                    spec["watermark"],
+                    note,
+                    local.on_progress,
+                    schedule_id=row.id,
+                    timeout_s=remaining,
+                )
+            outcome = Outcome(
+                status="success",
+                image_id=stored.image_id,
+                image_created=stored.created,
+                content_filter=json.dumps(stored.content_filter),
+            )
+        except asyncio.CancelledError:
+            raise  # cancelled by its owner (the row already says so) or handed back at stop
+        except CogserveError as exc:
+            outcome = Outcome(status="fail", error_code=exc.code, error_message=exc.message)
+        except Exception:
+            log.exception("async job %s failed", row.id)
+            outcome = Outcome(
+                status="fail", error_code="500", error_message=f"internal error in job {row.id}"
+            )
+        finally:
+            self._local.pop(row.id, None)
+            if stack is not None:
+                await stack.aclose()
+            if outcome is not None:
+                await self._record(row, outcome)
+
+    async def _record(self, row: JobRow, outcome: Outcome) -> None:
+        webhook = row.webhook_url is not None
+        try:
+            finished = await asyncio.to_thread(self._store.finish, row.id, self.worker, outcome, webhook)
+        except CogserveError:
+            # The lease lapses and the job runs again elsewhere; its image here just expires.
+            log.exception("could not record the end of job %s", row.id)
+            return
+        if not finished:
+            log.info("job %s ended elsewhere (cancelled or taken over); its result here is dropped", row.id)
+            return
+        self._metrics.job_finished(outcome.status.upper())
+        if webhook:
+            self._in_background(self._send_webhook(row.id))
+
+    async def _send_webhook(self, job_id: str) -> None:
+        row = await asyncio.to_thread(self._store.get, job_id)
+        if row is None or row.webhook_url is None:
+            return
+        payload = self._render(self._view_of(row))
+        state, attempts = await deliver(row.webhook_url, payload, self._jobs, job_id)
+        await asyncio.to_thread(self._store.webhook_done, job_id, state, attempts)
+
+    # -- upkeep: leases, crashed processes' jobs, old rows -------------------------------------
+
+    async def run_upkeep(self) -> None:
+        """Renew this process's leases and claim lapsed jobs, every third of a lease; forever."""
+        interval = self._jobs.lease_s / 3
+        last_prune = 0.0
+        while True:
+            try:
+                await self._renew()
+                if self._images.ready:
+                    await self._claim()
+                if time.monotonic() - last_prune > self._settings.storage.sweep_interval_s:
+                    ttl_s = self._settings.storage.image_ttl_days * 86400
+                    await asyncio.to_thread(self._store.prune, time.time() - ttl_s)
+                    last_prune = time.monotonic()
+            except Exception:
+                log.exception("job upkeep failed; retrying in %.1f s", interval)
+            await asyncio.sleep(interval)
+
+    async def _renew(self) -> None:
+        progress = {job_id: local.progress for job_id, local in self._local.items()}
+        kept = await asyncio.to_thread(self._store.renew, self.worker, progress, self._jobs.lease_s)
+        for job_id in progress.keys() - kept:
+            local = self._local.get(job_id)
+            if local is not None and local.task is not None:
+                log.info("job %s was cancelled or taken over; stopping it here", job_id)
+                local.task.cancel()
+
+    async def _claim(self) -> None:
+        room = self._settings.scheduler.max_queue - self._scheduler.stats.queued
+        if room <= 0:
+            return
+        rows = await asyncio.to_thread(self._store.claim_lapsed, self.worker, self._jobs.lease_s, room)
+        for row in rows:
+            if row.attempts > self._jobs.max_attempts:
+                message = f"the server stopped {row.attempts - 1} times while this job ran; not retried again"
+                await self._record(row, Outcome(status="fail", error_code="1230", error_message=message))
+                continue
+            log.info("resuming job %s (run %d of at most %d)", row.id, row.attempts, self._jobs.max_attempts)
+            self._start(row, None)
+
+    async def stop(self) -> None:
+        """Hand this process's unfinished jobs back for the next process; stop the webhooks."""
+        ids = list(self._local)
+        tasks = [local.task for local in self._local.values() if local.task is not None]
+        for task in [*tasks, *self._background]:
+            task.cancel()
+        for task in [*tasks, *self._background]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            await asyncio.to_thread(self._store.release, self.worker, ids)
+        except CogserveError:
+            log.exception("could not hand back %d jobs; they resume when their leases lapse", len(ids))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _owned(self, job_id: str, key: ApiKey | None) -> JobRow:
+        row = None if len(job_id) > 64 else await asyncio.to_thread(self._store.get, job_id)
+        # Someone else's job answers exactly like a missing one: ids are not to be probed.
+        if row is None or row.key_id != (key.id if key else None):
+            raise NotFound(f"no async job {job_id!r}")
+        return row
+
+    def _view_of(self, row: JobRow) -> JobView:
+        local = self._local.get(row.id)
+        state, progress, position = cast(Status, row.status), row.progress, None
+        if local is not None and row.status in ACTIVE:
+            progress = local.progress
+            position = self._scheduler.queue_position(row.id)
+            running = progress > 0 or self._scheduler.is_running(row.id)
+            state = "running" if running else "queued"
+        return JobView(
+            id=row.id,
+            request_id=row.request_id,
+            model=row.model,
+            state=state,
+            progress=progress,
+            queue_position=position,
+            base_url=json.loads(row.spec)["base_url"],
+            image_id=row.image_id,
+            created=row.image_created,
+            content_filter=json.loads(row.content_filter) if row.content_filter else [],
+            error_code=row.error_code,
+            error_message=row.error_message,
+        )
+
+    def _in_background(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _job_from(data: dict[str, Any]) -> ImageJob:
+    return ImageJob(**{**data, "params": GenerationParams(**data["params"])})

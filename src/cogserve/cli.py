@@ -6,7 +6,6 @@ variable, then to the default in ``settings.py``.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 
 from cogserve.cli_accounts import keys_app, usage, users_app
 from cogserve.errors import CogserveError
+from cogserve.logs import configure_logging
 from cogserve.settings import Settings
 
 app = typer.Typer(
@@ -103,9 +103,7 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 def _configure(settings: Settings, log_level: str) -> None:
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
+    configure_logging(log_level, settings.server.log_format)
     # The server never reaches the hub at run time unless told to.
     if not settings.model.allow_download:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -158,6 +156,18 @@ def serve(
     image_checker: Annotated[
         str | None, typer.Option(help="none | nudenet [COGSERVE_SAFETY__IMAGE_CHECKER]")
     ] = None,
+    job_timeout: Annotated[
+        float | None, typer.Option(help="Seconds an async job may take [COGSERVE_JOBS__TIMEOUT_S]")
+    ] = None,
+    webhook_allow: Annotated[
+        str | None,
+        typer.Option(
+            help="Hosts webhooks may go to: a.example,b.example:8443 [COGSERVE_JOBS__WEBHOOK_ALLOW]"
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="text | json (one object per line) [COGSERVE_SERVER__LOG_FORMAT]")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Serve the images API over HTTP."""
@@ -168,7 +178,7 @@ def serve(
     from cogserve.service.sizes import check_warmup_sizes
 
     settings = _settings(
-        server={"host": host, "port": port, "public_url": public_url},
+        server={"host": host, "port": port, "public_url": public_url, "log_format": log_format},
         model={
             "path": model_path,
             "allow_download": allow_download,
@@ -182,6 +192,7 @@ def serve(
             "max_batch_wait_ms": max_batch_wait_ms,
             "request_timeout_s": request_timeout,
         },
+        jobs={"timeout_s": job_timeout, "webhook_allow": webhook_allow},
         auth={"require_auth": require_auth},
         safety={"moderation_policy": moderation_policy, "image_checker": image_checker},
         storage={"data_dir": data_dir},
@@ -231,8 +242,48 @@ def generate(
     allow_download: AllowDownload = None,
     device: Device = None,
     dtype: DType = None,
+    server: Annotated[
+        str | None,
+        typer.Option(help="Generate on this cogserve server (async API), e.g. http://127.0.0.1:8000"),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar=["COGSERVE_API_KEY", "ZHIPUAI_API_KEY"],
+            show_envvar=True,
+            help="API key for --server (open servers need none)",
+        ),
+    ] = None,
+    model: Annotated[str, typer.Option(help="Model code to ask --server for")] = "cogview-4",
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="With --server: seconds before giving up (and cancelling)")
+    ] = 600.0,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.05, help="With --server: seconds between progress polls")
+    ] = 0.5,
 ) -> None:
-    """Generate one image in this process, with a progress bar per denoising step."""
+    """Generate one image: in this process, or on a server with --server; with a progress bar."""
+    if server is not None:
+        from cogserve.cli_remote import RemoteCancelled, RemoteError, RemoteRequest, generate_remote
+
+        wanted = RemoteRequest(prompt=prompt, model=model, size=size, quality=quality, seed=seed)
+        try:
+            generate_remote(
+                server,
+                wanted,
+                output=output,
+                api_key=api_key or None,
+                timeout=timeout,
+                poll_interval=poll_interval,
+                echo=typer.echo,
+            )
+        except RemoteCancelled as exc:
+            typer.echo(exc.message, err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except RemoteError as exc:
+            typer.secho(exc.message, err=True, fg=typer.colors.RED)
+            raise typer.Exit(exc.exit_code) from None
+        return
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cogserve.api.protocol import ImageGenerationRequest, validation_error

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cogserve.engine.scheduler import BatchReport
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The *_created series (a timestamp per label set) double the output and no dashboard uses them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Image requests take from ~0.1 s (tiny model) to minutes (hd at 2048 px behind a queue).
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)

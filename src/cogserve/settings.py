@@ -32,6 +32,9 @@ class ServerSettings(BaseModel):
         description="Peers whose X-Forwarded-Proto/Host/Prefix headers are trusted ('*' for any).",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: human-readable lines; json: one JSON object per line (log collectors)."
+    )
 
     @field_validator("public_url")
     @classmethod

@@ -75,6 +75,14 @@ class RequestContextMiddleware:
                 status,
                 elapsed * 1000,
                 state["request_id"],
+                # Fields of their own in --log-format json.
+                extra={
+                    "request_id": state["request_id"],
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
             )
 
 

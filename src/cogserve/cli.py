@@ -6,6 +6,7 @@ variable, then to the default in ``settings.py``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from pathlib import Path
@@ -168,6 +169,14 @@ def serve(
     log_format: Annotated[
         str | None, typer.Option(help="text | json (one object per line) [COGSERVE_SERVER__LOG_FORMAT]")
     ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run the ingress and model replicas on Ray Serve (extra: ray)")
+    ] = False,
+    replicas: Annotated[int, typer.Option(min=1, help="Model replicas (with --ray)")] = 1,
+    gpus_per_replica: Annotated[float, typer.Option(min=0, help="GPUs per model replica (with --ray)")] = 0,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Join this Ray cluster (with --ray); default: start a local one")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Serve the images API over HTTP."""
@@ -203,6 +212,13 @@ def serve(
         check_warmup_sizes(settings.model.warmup_sizes)
     except CogserveError as exc:
         _fail(exc.message)
+    if ray:
+        from cogserve.scaleout.app import run as run_on_ray
+
+        if importlib.util.find_spec("ray") is None:
+            _fail("--ray needs Ray Serve: pip install 'cogserve[ray]'")
+        run_on_ray(settings, replicas, gpus_per_replica, ray_address)
+        return
     fatal: list[str] = []
 
     def on_fatal(message: str) -> None:

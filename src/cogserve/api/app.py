@@ -18,7 +18,7 @@ from cogserve.api.middleware import RequestContextMiddleware
 from cogserve.api.routes import AppContext, router
 from cogserve.auth import MemoryLimiter
 from cogserve.engine import Engine, create_engine
-from cogserve.engine.scheduler import Scheduler
+from cogserve.engine.scheduler import ImageScheduler, Scheduler
 from cogserve.errors import CogserveError
 from cogserve.metrics import Metrics
 from cogserve.service import ImageService
@@ -36,15 +36,17 @@ def create_app(
     settings: Settings,
     engine: Engine | None = None,
     on_fatal: Callable[[str], None] | None = None,
+    scheduler: ImageScheduler | None = None,
 ) -> FastAPI:
     """Build the ASGI app. ``engine`` lets tests wrap the real one; ``on_fatal`` is told when the
-    model cannot load, so the CLI can exit instead of serving 503 forever."""
+    model cannot load, so the CLI can exit instead of serving 503 forever. ``scheduler`` replaces
+    the in-process one (Ray: model replicas elsewhere, with ``engine`` standing for them)."""
     engine = engine or create_engine(settings)
     metrics = Metrics()
     device = _device_hint(settings)
     metadata = MetadataStore(settings.database_url)
     access = AccessControl(settings, AccountStore(metadata.engine), MemoryLimiter())
-    scheduler = Scheduler(engine, settings.scheduler, device=device, on_batch=metrics.batch)
+    scheduler = scheduler or Scheduler(engine, settings.scheduler, device=device, on_batch=metrics.batch)
     files = LocalImageStore(settings.images_dir)
     service = ImageService(settings, scheduler, files, metadata, access, metrics)
     jobs = JobService(
@@ -104,7 +106,7 @@ def create_app(
 
 
 def _watch(
-    metrics: Metrics, service: ImageService, scheduler: Scheduler, jobs: JobService, device: str
+    metrics: Metrics, service: ImageService, scheduler: ImageScheduler, jobs: JobService, device: str
 ) -> None:
     """Gauges read at scrape time from the parts that own the numbers."""
     metrics.gauge("cogserve_ready", "1 once the model is loaded and warm.", lambda: float(service.ready))

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from cogserve.engine.types import BatchItem, Engine, GenerationOutput, GenerationParams, ProgressEvent
 from cogserve.errors import (
@@ -62,6 +63,8 @@ class SchedulerStats:
     running: int
     batches: int
     batched_images: int
+    #: Ray only: images each model replica made, with its process id (``{name: {images, pid}}``).
+    replicas: dict[str, dict[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,33 @@ class BatchReport:
 class _Counters:
     batches: int = 0
     batched_images: int = 0
+
+
+class ImageScheduler(Protocol):
+    """What the service needs of a scheduler: this module's ``Scheduler`` in one process, or
+    ``cogserve.scaleout.remote.RemoteScheduler`` in front of model replicas on Ray."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    @property
+    def stats(self) -> SchedulerStats: ...
+
+    async def submit(
+        self,
+        params: GenerationParams,
+        request_id: str,
+        on_progress: ProgressListener | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> GenerationOutput: ...
+
+    def check_capacity(self) -> None: ...
+
+    def queue_position(self, request_id: str) -> int | None: ...
+
+    def is_running(self, request_id: str) -> bool: ...
 
 
 class Scheduler:

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 from cogserve.auth import ApiKey
 from cogserve.engine import GenerationParams, ProgressEvent
-from cogserve.engine.scheduler import Scheduler
+from cogserve.engine.scheduler import ImageScheduler
 from cogserve.errors import CogserveError, Interrupted, NotFound, RequestTimeout
 from cogserve.metrics import Metrics
 from cogserve.service.access import AccessControl
@@ -83,7 +83,7 @@ class JobService:
         self,
         settings: Settings,
         images: ImageService,
-        scheduler: Scheduler,
+        scheduler: ImageScheduler,
         store: JobStore,
         access: AccessControl,
         metrics: Metrics,

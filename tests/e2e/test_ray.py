@@ -1,0 +1,73 @@
+"""Scale-out on a real local Ray cluster: 2 tiny-model replicas behind the cogserve ingress."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Server, start_server, stop_server
+from tests.helpers import IMAGES, png_size
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the ray extra"),
+]
+
+
+@pytest.fixture(scope="module")
+def ray_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("ray") / "data"
+    env = {"COGSERVE_MODEL__HD_STEPS": "12", "COGSERVE_SCHEDULER__MAX_BATCH_SIZE": "1"}
+    server = start_server(data_dir, models_dir, "--ray", "--replicas", "2", timeout=240, env=env)
+    yield server
+    assert stop_server(server.process) == 0, server.log.read_text()[-3000:]
+
+
+def post(server: Server, index: int, **body: Any) -> httpx.Response:
+    payload = {"model": "cogview-4", "prompt": f"harbour {index}", "size": "512x512", **body}
+    return httpx.post(f"{server.url}{IMAGES}", json=payload, timeout=180)
+
+
+def replicas(server: Server) -> dict[str, dict[str, int]]:
+    ready = httpx.get(f"{server.url}/readyz", timeout=10).json()
+    assert ready["device"].startswith("ray:")
+    found: dict[str, dict[str, int]] = ready["replicas"]
+    return found
+
+
+def test_both_replicas_take_work_under_concurrent_load(ray_server: Server) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: post(ray_server, i), range(16)))
+    assert [r.status_code for r in responses] == [200] * 16
+    for response in responses[:2]:
+        image = httpx.get(response.json()["data"][0]["url"], timeout=10)
+        assert png_size(image.content) == (512, 512)
+    seen = replicas(ray_server)
+    assert len(seen) == 2, seen
+    assert all(replica["images"] > 0 for replica in seen.values()), seen
+
+
+def test_a_killed_replica_loses_no_request(ray_server: Server) -> None:
+    victim = next(iter(replicas(ray_server).values()))["pid"]
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(post, ray_server, i, size="1024x1024", quality="hd") for i in range(10)]
+        time.sleep(2.0)  # work queued and running on both replicas
+        os.kill(victim, signal.SIGKILL)
+        responses = [future.result() for future in futures]
+    assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses]
+    for response in responses:
+        image = httpx.get(response.json()["data"][0]["url"], timeout=10)
+        assert png_size(image.content) == (1024, 1024)
+    # Requests on the killed replica were asked again of the other one.
+    assert "trying another replica" in ray_server.log.read_text()
+    # Ray starts a replacement; the service keeps answering meanwhile.
+    assert post(ray_server, 99).status_code == 200

@@ -30,7 +30,8 @@ def generate(client: TestClient, **body: Any) -> Any:
 
 
 def image_id_of(url: str) -> str:
-    return url.rsplit("/", 1)[1].removesuffix(".png")
+    # Also for presigned S3 URLs: .../<2 chars>/<id>.png?X-Amz-...
+    return url.split("?", 1)[0].rsplit("/", 1)[1].removesuffix(".png")
 
 
 def metadata_of(client: TestClient) -> MetadataStore:

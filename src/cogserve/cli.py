@@ -16,6 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from cogserve.cli_accounts import keys_app, usage, users_app
+from cogserve.cli_db import db_app
 from cogserve.errors import CogserveError
 from cogserve.logs import configure_logging
 from cogserve.settings import Settings
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(users_app, name="users")
+app.add_typer(db_app, name="db")
 app.command("usage")(usage)
 
 DataDir = Annotated[
@@ -169,6 +171,23 @@ def serve(
     log_format: Annotated[
         str | None, typer.Option(help="text | json (one object per line) [COGSERVE_SERVER__LOG_FORMAT]")
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="postgresql+psycopg://user@host/db [COGSERVE_STORAGE__DATABASE_URL]"),
+    ] = None,
+    image_store: Annotated[
+        str | None, typer.Option(help="s3://bucket/prefix [COGSERVE_STORAGE__IMAGE_STORE]")
+    ] = None,
+    s3_endpoint_url: Annotated[
+        str | None, typer.Option(help="S3-compatible endpoint [COGSERVE_STORAGE__S3_ENDPOINT_URL]")
+    ] = None,
+    presigned_urls: Annotated[
+        bool | None,
+        typer.Option(
+            "--presigned-urls/--no-presigned-urls",
+            help="Link presigned S3 URLs [COGSERVE_STORAGE__PRESIGNED_URLS]",
+        ),
+    ] = None,
     ray: Annotated[
         bool, typer.Option("--ray", help="Run the ingress and model replicas on Ray Serve (extra: ray)")
     ] = False,
@@ -204,7 +223,13 @@ def serve(
         jobs={"timeout_s": job_timeout, "webhook_allow": webhook_allow},
         auth={"require_auth": require_auth},
         safety={"moderation_policy": moderation_policy, "image_checker": image_checker},
-        storage={"data_dir": data_dir},
+        storage={
+            "data_dir": data_dir,
+            "database_url": database_url,
+            "image_store": image_store,
+            "s3_endpoint_url": s3_endpoint_url,
+            "presigned_urls": presigned_urls,
+        },
     )
     _configure(settings, log_level)
     try:
@@ -379,7 +404,7 @@ def verify_watermark(
 @app.command()
 def gc(data_dir: DataDir = None) -> None:
     """Delete expired images (files and rows), and files a crash left behind."""
-    from cogserve.storage import LocalImageStore, MetadataStore
+    from cogserve.storage import MetadataStore, create_image_store
     from cogserve.storage.sweep import sweep
 
     settings = _settings(storage={"data_dir": data_dir})
@@ -388,7 +413,7 @@ def gc(data_dir: DataDir = None) -> None:
     started = time.perf_counter()
     try:
         metadata.create_schema()
-        report = sweep(LocalImageStore(settings.images_dir), metadata)
+        report = sweep(create_image_store(settings), metadata)
     except CogserveError as exc:
         _fail(exc.message, code=1)
     finally:

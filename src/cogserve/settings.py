@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DType = Literal["auto", "bf16", "fp32"]
@@ -239,6 +239,70 @@ class StorageSettings(BaseModel):
     )
     image_ttl_days: float = Field(30.0, gt=0, description="How long an image URL stays valid.")
     sweep_interval_s: float = Field(600.0, gt=0, description="How often the server deletes expired images.")
+    image_store: str | None = Field(
+        None,
+        description="Where image bytes go: s3://BUCKET or s3://BUCKET/PREFIX in any S3-compatible store "
+        "(AWS S3, SeaweedFS, MinIO, ...; needs the 's3' extra). The bucket must exist. Unset: files in "
+        "<data_dir>/images.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="The S3 API's base URL, e.g. http://127.0.0.1:8333 (path-style addressing is used). "
+        "Unset: AWS S3 in s3_region.",
+    )
+    s3_region: str = Field("us-east-1", min_length=1, description="Region that requests are signed for.")
+    s3_access_key_id: str | None = Field(
+        None,
+        description="Access key for the image store. Unset (with s3_secret_access_key unset too): the "
+        "standard AWS chain (AWS_* variables, ~/.aws, instance or container roles).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="Secret key paired with s3_access_key_id."
+    )
+    presigned_urls: bool = Field(
+        False,
+        description="With an S3 image_store, image links are presigned S3 GET URLs, so clients fetch the "
+        "bytes from the store directly. A link lives as long as the image, at most 7 days (the limit of "
+        "S3 signatures). Off: links point at this server's /files/ route, which streams from the store.",
+    )
+
+    @field_validator("image_store")
+    @classmethod
+    def _check_image_store(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        value = value.strip()
+        match = re.fullmatch(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/.*)?", value)
+        if match is None:
+            raise ValueError(
+                "image_store must be s3://BUCKET or s3://BUCKET/PREFIX, with a valid bucket name "
+                "(3-63 lower-case letters, digits, dots and hyphens)"
+            )
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("s3_endpoint_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("s3_access_key_id", "s3_secret_access_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_s3(self) -> StorageSettings:
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError(
+                "set both s3_access_key_id and s3_secret_access_key, or neither (the AWS credential chain)"
+            )
+        if self.presigned_urls and self.image_store is None:
+            raise ValueError("presigned_urls needs an s3:// image_store: local files have no presigned URLs")
+        return self
 
 
 class Settings(BaseSettings):

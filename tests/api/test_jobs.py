@@ -150,8 +150,12 @@ def test_bad_bodies_are_refused_at_submit(client: TestClient) -> None:
     assert b64.status_code == 400 and "response_format" in b64.json()["error"]["message"]
     size = submit(client, size="500x500")
     assert size.status_code == 400 and size.json()["error"]["code"] == "1214"
+    nul = submit(client, user_id="user\x00123")
+    assert nul.status_code == 400 and "user_id" in nul.json()["error"]["message"]
     unknown = client.get(result_path("job-" + "0" * 32))
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "1222"
+    for odd in ("job-%00", "job-" + "0" * 31 + "Z", "x" * 300):  # never reach the database
+        assert client.get(result_path(odd)).status_code == 404
     assert client.post(f"{SUBMIT}/nope/cancel").status_code == 404
 
 
@@ -265,6 +269,10 @@ def test_webhook_urls_outside_the_allow_list_are_refused(
     assert error["code"] == "1214" and "webhook_url" in error["message"] and reason in error["message"]
 
 
+RESUMED = "job-" + "1" * 32
+GIVEN_UP = "job-" + "2" * 32
+
+
 def _lapsed_job(job_id: str, attempts: int, prompt: str) -> JobRow:
     spec = {
         "job": {
@@ -307,12 +315,12 @@ def test_jobs_of_a_dead_process_are_resumed_or_failed_never_left_processing(
     settings = make_settings(jobs={"lease_s": 0.5, "max_attempts": 3})
     client = make_client(settings)
     store = JobStore(metadata_of(client).engine)
-    store.add(_lapsed_job("job-resumed", attempts=1, prompt="resumed after a crash"))
-    store.add(_lapsed_job("job-given-up", attempts=3, prompt="crashed the server three times"))
-    resumed = wait_for(client, "job-resumed", finished)
+    store.add(_lapsed_job(RESUMED, attempts=1, prompt="resumed after a crash"))
+    store.add(_lapsed_job(GIVEN_UP, attempts=3, prompt="crashed the server three times"))
+    resumed = wait_for(client, RESUMED, finished)
     assert resumed["task_status"] == "SUCCESS"
     assert png_size(client.get(resumed["data"][0]["url"]).content) == (512, 512)
-    given_up = wait_for(client, "job-given-up", finished)
+    given_up = wait_for(client, GIVEN_UP, finished)
     assert given_up["task_status"] == "FAIL" and given_up["error"]["code"] == "1230"
     assert "stopped 3 times" in given_up["error"]["message"]
 

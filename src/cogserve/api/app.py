@@ -15,8 +15,10 @@ from cogserve.api.errors import install_error_handlers
 from cogserve.api.jobs import render as render_job
 from cogserve.api.jobs import router as jobs_router
 from cogserve.api.middleware import RequestContextMiddleware
+from cogserve.api.openai import router as openai_router
 from cogserve.api.routes import AppContext, router
-from cogserve.auth import MemoryLimiter
+from cogserve.api.web import router as web_router
+from cogserve.auth import DatabaseLimiter
 from cogserve.engine import Engine, create_engine
 from cogserve.engine.scheduler import ImageScheduler, Scheduler
 from cogserve.errors import CogserveError
@@ -25,7 +27,7 @@ from cogserve.service import ImageService
 from cogserve.service.access import OPEN_MODE_WARNING, AccessControl
 from cogserve.service.jobs import JobService
 from cogserve.settings import Settings
-from cogserve.storage import LocalImageStore, MetadataStore
+from cogserve.storage import MetadataStore, create_image_store
 from cogserve.storage.accounts import AccountStore
 from cogserve.storage.jobs import JobStore
 
@@ -45,9 +47,12 @@ def create_app(
     metrics = Metrics()
     device = _device_hint(settings)
     metadata = MetadataStore(settings.database_url)
-    access = AccessControl(settings, AccountStore(metadata.engine), MemoryLimiter())
+    # Limits live in the database, so every process on it (Ray ingresses, hosts behind a balancer)
+    # counts against the same numbers.
+    limiter = DatabaseLimiter(settings.database_url)
+    access = AccessControl(settings, AccountStore(metadata.engine), limiter)
     scheduler = scheduler or Scheduler(engine, settings.scheduler, device=device, on_batch=metrics.batch)
-    files = LocalImageStore(settings.images_dir)
+    files = create_image_store(settings)
     service = ImageService(settings, scheduler, files, metadata, access, metrics)
     jobs = JobService(
         settings,
@@ -56,13 +61,14 @@ def create_app(
         JobStore(metadata.engine),
         access,
         metrics,
-        render=lambda view: render_job(view, view.base_url),
+        render=render_job,
     )
     _watch(metrics, service, scheduler, jobs, device)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(metadata.create_schema)
+        await limiter.start()
         if not await asyncio.to_thread(access.auth_required):
             log.warning(OPEN_MODE_WARNING)
         scheduler.start()
@@ -81,6 +87,7 @@ def create_app(
                     await task
             await jobs.stop()  # before the scheduler, so running jobs are handed back, not failed
             await scheduler.stop()
+            await limiter.stop()  # last: running jobs held limit slots until they were handed back
             metadata.close()
 
     app = FastAPI(
@@ -100,6 +107,8 @@ def create_app(
     )
     app.include_router(router)
     app.include_router(jobs_router)
+    app.include_router(openai_router)
+    app.include_router(web_router)
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

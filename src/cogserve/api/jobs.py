@@ -79,8 +79,9 @@ async def submit_job(request: Request) -> JSONResponse:
 )
 async def job_result(job_id: str, request: Request) -> JSONResponse:
     ctx = context(request)
-    view = await ctx.jobs.view(job_id, await _caller(request))
-    return JSONResponse(render(view, public_base_url(request, ctx.settings.server)))
+    base_url = public_base_url(request, ctx.settings.server)
+    view = await ctx.jobs.view(job_id, await _caller(request), base_url)
+    return JSONResponse(render(view))
 
 
 @router.post(
@@ -92,8 +93,9 @@ async def job_result(job_id: str, request: Request) -> JSONResponse:
 )
 async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     ctx = context(request)
-    view = await ctx.jobs.cancel(job_id, await _caller(request))
-    return JSONResponse(render(view, public_base_url(request, ctx.settings.server)))
+    base_url = public_base_url(request, ctx.settings.server)
+    view = await ctx.jobs.cancel(job_id, await _caller(request), base_url)
+    return JSONResponse(render(view))
 
 
 async def _caller(request: Request) -> ApiKey | None:
@@ -101,8 +103,8 @@ async def _caller(request: Request) -> ApiKey | None:
     return await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
 
 
-def render(view: JobView, base_url: str) -> dict[str, Any]:
-    """The async-result body: also what a webhook receives (with the base URL of the submit)."""
+def render(view: JobView) -> dict[str, Any]:
+    """The async-result body: also what a webhook receives."""
     result = AsyncResult(
         id=view.id,
         request_id=view.request_id,
@@ -112,8 +114,8 @@ def render(view: JobView, base_url: str) -> dict[str, Any]:
         progress=view.progress,
         queue_position=view.queue_position,
     )
-    if view.state == "success" and view.image_id is not None:
-        images = [ImageData(url=f"{base_url}/files/{view.image_id}.png")]
+    if view.state == "success" and view.image_url is not None:
+        images = [ImageData(url=view.image_url)]
         result.created = view.created
         result.image_result = images
         result.data = images

@@ -60,7 +60,7 @@ class RequestContextMiddleware:
             if status:
                 raise  # the response has begun; the server can only drop the connection
             error = CogserveError(f"internal error; request id {state['request_id']}")
-            await error_response(error)(scope, receive, send_with_id)
+            await error_response(error, scope["path"])(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             if self.metrics is not None:

@@ -78,11 +78,12 @@ class ImageGenerationRequest(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty")
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
+        return prompt_rules(value)
+
+    @field_validator("model", "user_id", "user", "style")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return no_nul(value)
 
     @field_validator("size")
     @classmethod
@@ -201,6 +202,20 @@ class AsyncResult(AsyncTask):
     )
     content_filter: list[ContentFilterEntry] | None = Field(None, description="On SUCCESS: safety checks.")
     error: ErrorBody | None = Field(None, description="On FAIL: the business code and message.")
+
+
+def no_nul(value: str | None) -> str | None:
+    # PostgreSQL cannot store NUL in text, and no legitimate name or id holds one.
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def prompt_rules(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    no_nul(value)
+    return value
 
 
 def validation_error(exc: ValidationError) -> CogserveError:

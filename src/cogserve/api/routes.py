@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,7 +27,7 @@ from cogserve.api.protocol import (
 )
 from cogserve.api.urls import public_base_url
 from cogserve.engine import Engine
-from cogserve.engine.scheduler import Scheduler
+from cogserve.engine.scheduler import ImageScheduler
 from cogserve.errors import NotFound, ServiceUnavailable
 from cogserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cogserve.metrics import Metrics
@@ -43,7 +43,7 @@ IMAGES_PATH = "/api/paas/v4/images/generations"
 class AppContext:
     settings: Settings
     engine: Engine
-    scheduler: Scheduler
+    scheduler: ImageScheduler
     service: ImageService
     access: AccessControl
     jobs: JobService
@@ -94,7 +94,7 @@ async def create_image(request: Request) -> JSONResponse:
         item = ImageData(b64_json=base64.b64encode(stored.png).decode("ascii"))
     else:
         base = public_base_url(request, ctx.settings.server)
-        item = ImageData(url=f"{base}/files/{stored.image_id}.png")
+        item = ImageData(url=ctx.service.image_url(stored.image_id, stored.expires_at, base))
     response = ImageGenerationResponse(
         created=stored.created,
         data=[item],
@@ -108,20 +108,22 @@ async def create_image(request: Request) -> JSONResponse:
 @router.get(
     "/files/{name}",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}}}, **error_responses(404)},
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 500)},
     summary="Fetch a generated image (the URL is the capability: no key needed)",
 )
-async def get_image(name: str, request: Request) -> FileResponse:
+async def get_image(name: str, request: Request) -> Response:
     image_id = name.removesuffix(".png")
     if image_id == name:
         raise NotFound("image not found")
-    path, expires_at = await context(request).service.image_file(image_id)
-    return FileResponse(
-        path,
-        media_type="image/png",
-        # Cacheable for as long as the link lives; the bytes behind an id never change.
-        headers={"Cache-Control": f"private, max-age={max(0, int(expires_at - time.time()))}, immutable"},
-    )
+    image, expires_at = await context(request).service.image_file(image_id)
+    # Cacheable for as long as the link lives; the bytes behind an id never change.
+    headers = {"Cache-Control": f"private, max-age={max(0, int(expires_at - time.time()))}, immutable"}
+    if image.path is not None:
+        return FileResponse(image.path, media_type="image/png", headers=headers)
+    assert image.chunks is not None
+    # A sync iterator: Starlette pulls each chunk from the store in a worker thread.
+    headers["Content-Length"] = str(image.size)
+    return StreamingResponse(image.chunks, media_type="image/png", headers=headers)
 
 
 @router.get(
@@ -158,5 +160,6 @@ async def readyz(request: Request) -> Response:
             "running": stats.running,
             "batches": stats.batches,
             "batched_images": stats.batched_images,
+            **({"replicas": stats.replicas} if stats.replicas is not None else {}),
         }
     )

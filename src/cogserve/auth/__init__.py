@@ -3,6 +3,7 @@
 from cogserve.auth.crypto import SecretBox, load_or_create_server_key, parse_server_key
 from cogserve.auth.keys import ApiKeys
 from cogserve.auth.limits import Lease, Limiter, Limits, MemoryLimiter
+from cogserve.auth.shared_limits import DatabaseLimiter
 from cogserve.auth.tokens import TokenVerifier
 from cogserve.errors import (
     AuthError,
@@ -29,6 +30,7 @@ __all__ = [
     "AuthMissing",
     "AuthRevoked",
     "ConcurrencyLimited",
+    "DatabaseLimiter",
     "KeyUnreadable",
     "Lease",
     "LimitExceeded",

@@ -10,12 +10,11 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cogserve.auth import ApiKey
 from cogserve.engine import GenerationParams
-from cogserve.engine.scheduler import ProgressListener, Scheduler
+from cogserve.engine.scheduler import ImageScheduler, ProgressListener
 from cogserve.errors import ContentBlocked, InvalidField, NotFound, ServiceUnavailable, StorageError
 from cogserve.metrics import Metrics
 from cogserve.safety.images import create_image_checker
@@ -24,7 +23,7 @@ from cogserve.safety.watermark import Watermarker
 from cogserve.safety.watermark import encode_png as encode_marked_png
 from cogserve.service.access import AccessControl, AuditNote
 from cogserve.settings import Settings
-from cogserve.storage import ImageRow, LocalImageStore, MetadataStore, is_image_id, new_image_id
+from cogserve.storage import ImageObject, ImageRow, ImageStore, MetadataStore, is_image_id, new_image_id
 from cogserve.storage.sweep import SweepReport, sweep
 
 if TYPE_CHECKING:
@@ -67,8 +66,8 @@ class ImageService:
     def __init__(
         self,
         settings: Settings,
-        scheduler: Scheduler,
-        files: LocalImageStore,
+        scheduler: ImageScheduler,
+        files: ImageStore,
         metadata: MetadataStore,
         access: AccessControl,
         metrics: Metrics | None = None,
@@ -207,13 +206,17 @@ class ImageService:
         return encode_marked_png(marked, self._watermarker.metadata(image_id)), image_level
 
     def _store(self, image_id: str, png: bytes, row: ImageRow) -> None:
-        # File first, then the row: a row never points at a missing file. If the row fails, the
-        # file goes too; if the process dies in between, the sweep removes the orphan file.
+        # Image first, then the row: a row never points at a missing image (an unreachable store
+        # fails here, before any row exists). If the row fails, the image goes too; if that fails
+        # or the process dies in between, the sweep removes the orphan (storage.sweep).
         self._files.write(image_id, png)
         try:
             self._metadata.add(row)
         except StorageError:
-            self._files.delete(image_id)
+            try:
+                self._files.delete(image_id)
+            except StorageError:
+                log.warning("could not delete image %s after its row failed; the sweep will", image_id)
             raise
 
     def _discard(self, image_id: str) -> None:
@@ -224,17 +227,36 @@ class ImageService:
         except Exception:
             log.exception("could not discard image %s of a cancelled request", image_id)
 
-    async def image_file(self, image_id: str) -> tuple[Path, float]:
-        """Path and expiry of a live image; NotFound for unknown, malformed or expired ids."""
+    async def image_file(self, image_id: str) -> tuple[ImageObject, float]:
+        """A live image, opened for sending, and its expiry; NotFound for unknown, malformed or
+        expired ids. A remote image's ``chunks`` hold its body open: consume or close them."""
         if not is_image_id(image_id):
             raise NotFound("image not found")
         row = await asyncio.to_thread(self._metadata.get, image_id)
         if row is None or row.expires_at <= time.time():
             raise NotFound("image not found or expired")
-        path = self._files.path_for(image_id)
-        if not path.is_file():
+        opened = await asyncio.to_thread(self._files.open, image_id)
+        if opened is None:
             raise NotFound("image not found")
-        return path, row.expires_at
+        return opened, row.expires_at
+
+    def image_url(self, image_id: str, expires_at: float, base_url: str) -> str:
+        """The link a response gives for a stored image.
+
+        With ``presigned_urls`` on an S3 store: a presigned GET URL of the object that lives as long
+        as the image does (at most 7 days, SigV4's limit). Otherwise ``{base_url}/files/{id}.png``.
+        Signing is local computation (no request to the store), cheap enough for the event loop.
+        """
+        remaining = int(expires_at - time.time())
+        if self._settings.storage.presigned_urls and remaining > 0:
+            try:
+                url = self._files.presigned_url(image_id, remaining)
+            except StorageError:
+                log.warning("could not presign image %s; linking /files instead", image_id, exc_info=True)
+                url = None
+            if url is not None:
+                return url
+        return f"{base_url}/files/{image_id}.png"
 
     def sweep(self, now: float | None = None) -> SweepReport:
         return sweep(self._files, self._metadata, now)

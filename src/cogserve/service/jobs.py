@@ -35,7 +35,7 @@ from cogserve.service.access import AccessControl
 from cogserve.service.images import ImageJob, ImageService
 from cogserve.service.webhooks import check_webhook_url, deliver
 from cogserve.settings import Settings
-from cogserve.storage.jobs import ACTIVE, JobRow, JobStore, Outcome, Status, new_job_id
+from cogserve.storage.jobs import ACTIVE, JobRow, JobStore, Outcome, Status, is_job_id, new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ class JobView:
     state: Status
     progress: int
     queue_position: int | None
-    base_url: str
+    #: On success: the image's link (a presigned URL or the server's /files path).
+    image_url: str | None = None
     image_id: str | None = None
     created: int | None = None
     content_filter: list[dict[str, Any]] = field(default_factory=list)
@@ -142,10 +143,10 @@ class JobService:
         self._start(row, stack)
         return row
 
-    async def view(self, job_id: str, key: ApiKey | None) -> JobView:
-        return self._view_of(await self._owned(job_id, key))
+    async def view(self, job_id: str, key: ApiKey | None, base_url: str) -> JobView:
+        return self._view_of(await self._owned(job_id, key), base_url)
 
-    async def cancel(self, job_id: str, key: ApiKey | None) -> JobView:
+    async def cancel(self, job_id: str, key: ApiKey | None, base_url: str) -> JobView:
         """Cancel a queued or running job (here or in another process); a finished one is unchanged."""
         row = await self._owned(job_id, key)
         if row.status in ACTIVE:
@@ -157,7 +158,7 @@ class JobService:
                     local.task.cancel()
                 # A job running elsewhere learns of it at its next lease renewal.
             row = await self._owned(job_id, key)
-        return self._view_of(row)
+        return self._view_of(row, base_url)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -287,13 +288,14 @@ class JobService:
     # -- helpers -------------------------------------------------------------------------------
 
     async def _owned(self, job_id: str, key: ApiKey | None) -> JobRow:
-        row = None if len(job_id) > 64 else await asyncio.to_thread(self._store.get, job_id)
+        row = await asyncio.to_thread(self._store.get, job_id) if is_job_id(job_id) else None
         # Someone else's job answers exactly like a missing one: ids are not to be probed.
         if row is None or row.key_id != (key.id if key else None):
             raise NotFound(f"no async job {job_id!r}")
         return row
 
-    def _view_of(self, row: JobRow) -> JobView:
+    def _view_of(self, row: JobRow, base_url: str | None = None) -> JobView:
+        """``base_url``: the address the caller reached; a webhook uses the submitter's."""
         local = self._local.get(row.id)
         state, progress, position = cast(Status, row.status), row.progress, None
         if local is not None and row.status in ACTIVE:
@@ -308,13 +310,21 @@ class JobService:
             state=state,
             progress=progress,
             queue_position=position,
-            base_url=json.loads(row.spec)["base_url"],
+            image_url=self._image_url(row, base_url),
             image_id=row.image_id,
             created=row.image_created,
             content_filter=json.loads(row.content_filter) if row.content_filter else [],
             error_code=row.error_code,
             error_message=row.error_message,
         )
+
+    def _image_url(self, row: JobRow, base_url: str | None) -> str | None:
+        if row.image_id is None or row.image_created is None:
+            return None
+        # The image's own expiry, to the second (the row keeps its creation time in seconds).
+        expires_at = row.image_created + self._settings.storage.image_ttl_days * 86400
+        base = base_url or json.loads(row.spec)["base_url"]
+        return self._images.image_url(row.image_id, expires_at, base)
 
     def _in_background(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -1,6 +1,16 @@
-"""Image bytes (local files) and their metadata (SQL)."""
+"""Image bytes (a local folder or any S3-compatible store) and their metadata (SQL)."""
 
 from cogserve.storage.files import LocalImageStore, is_image_id, new_image_id
+from cogserve.storage.images import ImageObject, ImageStore, create_image_store
 from cogserve.storage.metadata import ImageRow, MetadataStore
 
-__all__ = ["ImageRow", "LocalImageStore", "MetadataStore", "is_image_id", "new_image_id"]
+__all__ = [
+    "ImageObject",
+    "ImageRow",
+    "ImageStore",
+    "LocalImageStore",
+    "MetadataStore",
+    "create_image_store",
+    "is_image_id",
+    "new_image_id",
+]

@@ -1,9 +1,8 @@
 """API keys, blocked end users and the audit log, in the metadata database.
 
-The tables share ``Base`` with the image metadata, so ``MetadataStore.create_schema`` makes them
-too once this module is imported; ``AccountStore.create_schema`` makes just these, whatever was
-imported. Key secrets arrive here already sealed (``cogserve.auth.crypto``): this module never sees
-a usable key.
+The tables share ``Base`` with the image metadata; migrations (``storage.migrate``) make them,
+through ``MetadataStore.create_schema`` or ``AccountStore.create_schema``. Key secrets arrive here
+already sealed (``cogserve.auth.crypto``): this module never sees a usable key.
 """
 
 from __future__ import annotations
@@ -152,8 +151,10 @@ class AccountStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        with translated("create the account tables"):
-            Base.metadata.create_all(self._engine, tables=_TABLES)
+        """Migrate the database to the current schema (every table: see ``storage.migrate``)."""
+        from cogserve.storage.migrate import upgrade
+
+        upgrade(self._engine)
 
     # -- keys --------------------------------------------------------------------------------------
 
@@ -267,7 +268,10 @@ class AccountStore:
             query = query.where(AuditRow.key_id == key_id)
         if user_id is not None:
             query = query.where(AuditRow.user_id == user_id)
-        query = query.order_by(func.count().desc(), AuditRow.key_id, AuditRow.user_id)
+        # NULLs first on every backend (SQLite and PostgreSQL disagree by default).
+        query = query.order_by(
+            func.count().desc(), AuditRow.key_id.nulls_first(), AuditRow.user_id.nulls_first()
+        )
         with translated("summarise usage"), self._sessions() as session:
             return [
                 Usage(

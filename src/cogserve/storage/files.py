@@ -8,10 +8,11 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cogserve.errors import StorageError
+from cogserve.storage.images import ImageObject
 
 # 24 random bytes, URL-safe base64: 192 bits, so URLs are unguessable capabilities.
 _ID_BYTES = 24
@@ -28,7 +29,7 @@ def is_image_id(value: str) -> bool:
 
 
 class LocalImageStore:
-    """PNG files under ``root/<first two id chars>/<id>.png``.
+    """PNG files under ``root/<first two id chars>/<id>.png`` (an ``ImageStore``).
 
     Only ids matching ``IMAGE_ID_RE`` ever become paths, so no client string reaches the filesystem.
     Writes go to a temp file in the same folder, are fsynced, then renamed: a reader sees the whole
@@ -38,28 +39,56 @@ class LocalImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the image folder: {exc.strerror or exc}") from exc
+
     def path_for(self, image_id: str) -> Path:
         if not is_image_id(image_id):
             raise ValueError(f"not an image id: {image_id!r}")
         return self.root / image_id[:2] / f"{image_id}.png"
 
-    def write(self, image_id: str, data: bytes) -> Path:
+    def write(self, image_id: str, data: bytes) -> None:
         target = self.path_for(image_id)
         try:
             atomic_write(target, data)
         except OSError as exc:
             raise StorageError(f"could not store image: {exc.strerror or exc}") from exc
-        return target
 
     def exists(self, image_id: str) -> bool:
         return self.path_for(image_id).is_file()
 
-    def delete(self, image_id: str) -> bool:
+    def size(self, image_id: str) -> int | None:
         try:
-            self.path_for(image_id).unlink()
+            return self.path_for(image_id).stat().st_size
         except FileNotFoundError:
-            return False
-        return True
+            return None
+        except OSError as exc:
+            raise StorageError(f"could not read image: {exc.strerror or exc}") from exc
+
+    def open(self, image_id: str) -> ImageObject | None:
+        # Nothing is opened here: the route sends the path with sendfile.
+        size = self.size(image_id)
+        return None if size is None else ImageObject(size=size, path=self.path_for(image_id))
+
+    def delete(self, image_id: str) -> None:
+        try:
+            self.path_for(image_id).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"could not delete image: {exc.strerror or exc}") from exc
+
+    def delete_many(self, image_ids: Sequence[str]) -> None:
+        for image_id in image_ids:
+            self.delete(image_id)
+
+    def presigned_url(self, image_id: str, expires_in_s: int) -> str | None:
+        return None
 
     def stored_ids(self, older_than_s: float = 0.0) -> Iterator[str]:
         """Ids of stored images whose file is at least ``older_than_s`` seconds old."""

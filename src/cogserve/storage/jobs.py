@@ -9,24 +9,31 @@ finishes it ends in exactly one final state.
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import Engine, Float, Index, Integer, String, Text, delete, select, update
+from sqlalchemy import BigInteger, Engine, Float, Index, Integer, String, Text, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
 from cogserve.storage.metadata import Base, translated
 
 Status = Literal["queued", "running", "success", "fail"]
 ACTIVE: tuple[Status, ...] = ("queued", "running")
+_JOB_ID = re.compile(r"job-[0-9a-f]{32}")
 
 
 def new_job_id() -> str:
     # 128 random bits: the id is the only thing standing between a job and a stranger in open mode.
     return "job-" + secrets.token_hex(16)
+
+
+def is_job_id(text: str) -> bool:
+    """Shaped like ``new_job_id``'s output; anything else is not looked up at all."""
+    return _JOB_ID.fullmatch(text) is not None
 
 
 class JobRow(Base):
@@ -50,7 +57,8 @@ class JobRow(Base):
     lease_until: Mapped[float] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
     image_id: Mapped[str | None] = mapped_column(String(64))
-    image_created: Mapped[int | None] = mapped_column(Integer)
+    # BigInteger: a Unix time overflows PostgreSQL's 32-bit integer in 2038.
+    image_created: Mapped[int | None] = mapped_column(BigInteger)
     content_filter: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(16))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -1,4 +1,8 @@
-"""Image metadata in a SQL database (SQLite by default) through SQLAlchemy."""
+"""Image metadata in a SQL database (SQLite by default, PostgreSQL by URL) through SQLAlchemy.
+
+The tables are defined here and beside their stores (``accounts``, ``jobs``); ``migrate`` turns
+them into the database's schema with Alembic revisions.
+"""
 
 from __future__ import annotations
 
@@ -59,14 +63,27 @@ class MetadataStore:
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_engine(url, pool_pre_ping=True)
+        try:
+            with translated("open the metadata database"):
+                self._engine = create_engine(url, pool_pre_ping=True)
+        except ModuleNotFoundError as exc:
+            raise StorageError(
+                f"the driver for {url.split(':', 1)[0]} is not installed (no module {exc.name!r}); "
+                "for PostgreSQL install cogserve's postgres extra: pip install 'cogserve[postgres]'"
+            ) from exc
         if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine, "connect", _sqlite_pragmas)
+            event.listen(self._engine, "connect", sqlite_pragmas)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
-        with translated("create the schema"):
-            Base.metadata.create_all(self._engine)
+        """Migrate the database to the newest schema: every table, not only the image metadata.
+
+        Safe to call from several processes at once, and on a database made by any earlier
+        release (``cogserve.storage.migrate``).
+        """
+        from cogserve.storage.migrate import upgrade
+
+        upgrade(self._engine)
 
     @property
     def engine(self) -> Engine:
@@ -115,7 +132,7 @@ def translated(doing: str) -> Iterator[None]:
         raise StorageError(f"database error while trying to {doing}") from exc
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets the sweeper and readers run beside a writer; busy_timeout waits instead of failing.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

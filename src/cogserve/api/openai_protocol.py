@@ -1,0 +1,235 @@
+"""The wire of the OpenAI-compatible routes (``/v1/...``): bodies, their conversion, and the error envelope.
+
+The descriptions here feed ``/docs``. The request turns itself into one service job per image
+(``to_jobs``), reusing the BigModel request's conversion so steps, guidance and seeds come from
+settings in one place. ``openai_error`` renders cogserve's error tree in OpenAI's envelope.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cogserve.api.protocol import MAX_SEED, ImageGenerationRequest, no_nul, prompt_rules
+from cogserve.errors import (
+    AuthError,
+    BodyTooLarge,
+    CogserveError,
+    ContentBlocked,
+    InvalidField,
+    InvalidRequest,
+    LimitExceeded,
+    MissingField,
+    PromptTooLong,
+    QueueFull,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnknownModel,
+    UserBlocked,
+)
+from cogserve.service import ImageJob
+from cogserve.service.sizes import DEFAULT_SIZE, parse_size
+from cogserve.settings import ModelSettings
+
+MAX_N = 4
+#: What ``GET /v1/models`` reports as ``created``: CogView-4's release (2025-03-04, the 250304 code).
+MODEL_CREATED = 1741046400
+OpenAIQuality = Literal["standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"]
+# cogserve has two step counts; OpenAI's upper levels map onto the finer one.
+_HD_LEVELS = frozenset({"hd", "high", "xhigh", "max"})
+
+
+class OpenAIImageRequest(BaseModel):
+    """Body of ``POST /v1/images/generations``. A field sent as ``null`` counts as absent; fields
+    cogserve does not act on (style, background, output_format, moderation, ...) are ignored."""
+
+    # strict, as in the BigModel request: "2" is not an int.
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(
+        None, description="Model code, one of GET /v1/models (default: the first of them, cogview-4)."
+    )
+    prompt: str = Field(description="Text description of the image, Chinese or English.")
+    n: int = Field(
+        1, ge=1, le=MAX_N, description=f"Number of images, 1..{MAX_N}; they are generated as one batch."
+    )
+    size: str = Field(
+        DEFAULT_SIZE,
+        description="WIDTHxHEIGHT, each side 512..2048 px and divisible by 16, width*height <= 2^21 px "
+        "(e.g. 1024x1024, 1792x1024, 1536x1024, 512x512); auto = 1024x1024. 256x256 is too small.",
+    )
+    quality: OpenAIQuality = Field(
+        "standard",
+        description="hd, high, xhigh and max: more denoising steps (cogserve's hd); standard, low, medium "
+        "and auto: fewer steps, faster (cogserve's standard).",
+    )
+    response_format: Literal["url", "b64_json"] = Field(
+        "url", description="url: a link valid for the image lifetime; b64_json: the PNG inline."
+    )
+    user: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="End user's id: per-user limits and operator blocks apply to it.",
+    )
+    safety_identifier: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="OpenAI's newer name for the end user's id; wins over `user` when both are sent.",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED - (MAX_N - 1),
+        description="cogserve extension: image i gets seed+i, so the same seed and request give the "
+        "same pixels. Random when absent.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # The SDK sends an argument passed as None as JSON null: the default must apply.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        return prompt_rules(value)
+
+    @field_validator("model", "user", "safety_identifier")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return no_nul(value)
+
+    @field_validator("size")
+    @classmethod
+    def _size_rules(cls, value: str) -> str:
+        if value == "auto":
+            return DEFAULT_SIZE
+        try:
+            parse_size(value)
+        except ValueError as exc:
+            # OpenAI clients often ask for 256x256; say what cogserve takes instead.
+            raise ValueError(f"{exc}; cogserve sizes: each side 512..2048 px, divisible by 16") from None
+        return value
+
+    @property
+    def user_id(self) -> str | None:
+        return self.safety_identifier or self.user
+
+    def to_jobs(self, settings: ModelSettings, request_id: str) -> list[ImageJob]:
+        """One job per image: the BigModel conversion (model check, prompt length, steps, seed),
+        then seed+i for image i."""
+        base = ImageGenerationRequest.model_construct(
+            model=self.model or settings.codes[0],
+            prompt=self.prompt,
+            quality="hd" if self.quality in _HD_LEVELS else "standard",
+            size=self.size,
+            response_format=self.response_format,
+            seed=self.seed,
+            user_id=self.user_id,
+        )
+        try:
+            job = base.to_job(settings, request_id)
+        except UnknownModel:
+            raise unknown_model(base.model, settings) from None
+        return [replace(job, params=replace(job.params, seed=job.params.seed + i)) for i in range(self.n)]
+
+
+def unknown_model(model: str, settings: ModelSettings) -> UnknownModel:
+    """OpenAI's wording, plus the codes that would work."""
+    return UnknownModel(f"The model '{model}' does not exist; available: {', '.join(settings.codes)}")
+
+
+class OpenAIImage(BaseModel):
+    url: str | None = Field(None, description="Link to the PNG, valid until the image expires.")
+    b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
+
+
+class OpenAIImagesResponse(BaseModel):
+    created: int = Field(description="Unix time in seconds.")
+    data: list[OpenAIImage] = Field(description="The generated images, n of them, in seed order.")
+
+
+class OpenAIModel(BaseModel):
+    id: str = Field(description="The model code to send as `model`.")
+    object: Literal["model"] = Field("model", description="Always 'model'.")
+    created: int = Field(MODEL_CREATED, description="Unix time of the model's release.")
+    owned_by: str = Field("cogserve", description="Always 'cogserve'.")
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = Field("list", description="Always 'list'.")
+    data: list[OpenAIModel] = Field(description="Every model code this server accepts.")
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str = Field(description="What went wrong, naming the field when one is at fault.")
+    type: str = Field(
+        description="invalid_request_error, permission_error, requests (rate limits) or server_error."
+    )
+    param: str | None = Field(description="The request field at fault, if one is.")
+    code: str | None = Field(description="Machine-readable reason, e.g. model_not_found, invalid_value.")
+
+
+class OpenAIErrorEnvelope(BaseModel):
+    error: OpenAIErrorBody
+
+
+# First match wins, so subclasses come before their parents.
+_KINDS: tuple[tuple[type[CogserveError], str, str | None], ...] = (
+    (UnknownModel, "invalid_request_error", "model_not_found"),
+    (MissingField, "invalid_request_error", "missing_required_parameter"),
+    (InvalidField, "invalid_request_error", "invalid_value"),
+    (PromptTooLong, "invalid_request_error", "string_above_max_length"),
+    (ContentBlocked, "invalid_request_error", "content_policy_violation"),
+    (BodyTooLarge, "invalid_request_error", "request_too_large"),
+    (AuthError, "invalid_request_error", "invalid_api_key"),
+    (UserBlocked, "permission_error", "user_blocked"),
+    (LimitExceeded, "requests", "rate_limit_exceeded"),
+    (QueueFull, "requests", "rate_limit_exceeded"),
+    (ServiceUnavailable, "server_error", "service_unavailable"),
+    (RequestTimeout, "server_error", "timeout"),
+    (InvalidRequest, "invalid_request_error", None),
+)
+
+
+def openai_error(error: CogserveError) -> tuple[int, OpenAIErrorEnvelope]:
+    """Status and OpenAI envelope ``{"error": {"message", "type", "param", "code"}}`` for an error.
+
+    The status is cogserve's own, except UnknownModel, which OpenAI answers with 404:
+
+        error                          status  type                   code
+        UnknownModel                   404     invalid_request_error  model_not_found       (param model)
+        MissingField                   400     invalid_request_error  missing_required_parameter (param)
+        InvalidField                   400     invalid_request_error  invalid_value         (param)
+        PromptTooLong                  400     invalid_request_error  string_above_max_length (param prompt)
+        ContentBlocked                 400     invalid_request_error  content_policy_violation
+        BodyTooLarge                   413     invalid_request_error  request_too_large
+        other InvalidRequest           400     invalid_request_error  null
+        AuthError (all five)           401     invalid_request_error  invalid_api_key
+        UserBlocked                    403     permission_error       user_blocked
+        LimitExceeded, QueueFull       429     requests               rate_limit_exceeded
+        ServiceUnavailable             503     server_error           service_unavailable
+        RequestTimeout                 504     server_error           timeout
+        NotFound, MethodNotAllowed     404/405 invalid_request_error  null
+        anything else (500)            500     server_error           null
+    """
+    status = 404 if isinstance(error, UnknownModel) else error.status
+    kind = next(((kind, code) for cls, kind, code in _KINDS if isinstance(error, cls)), None)
+    if kind is None:
+        kind = ("invalid_request_error", None) if status < 500 else ("server_error", None)
+    param: str | None = None
+    if isinstance(error, MissingField | InvalidField):
+        param = error.field
+    elif isinstance(error, UnknownModel):
+        param = "model"
+    elif isinstance(error, PromptTooLong):
+        param = "prompt"
+    body = OpenAIErrorBody(message=error.message, type=kind[0], param=param, code=kind[1])
+    return status, OpenAIErrorEnvelope(error=body)

@@ -1,0 +1,102 @@
+"""The playground: a single page at ``/`` that drives the async images API from a browser.
+
+The page, its script and its stylesheet ship inside the package (``cogserve/web/``) and are served
+from a fixed list of names, so no request path ever reaches the file system. Nothing is loaded from
+outside the server: the page works on an air-gapped machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cogserve.api.routes import context
+from cogserve.errors import NotFound
+from cogserve.service.sizes import DEFAULT_SIZE, MAX_PIXELS, MAX_SIDE, MIN_SIDE, MULTIPLE, RECOMMENDED_SIZES
+
+CONFIG_PATH = "/playground/config.json"
+
+#: Every file the playground serves, with its content type. Nothing else under web/ is reachable.
+ASSETS = {
+    "index.html": "text/html; charset=utf-8",
+    "playground.js": "text/javascript; charset=utf-8",
+    "playground.css": "text/css; charset=utf-8",
+}
+
+# The page talks only to this server; images may come from --public-url, which can be another host.
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data: blob: http: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+_HEADERS = {
+    # Revalidate each time: the assets change with the installed version, and they are tiny.
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class SizeLimits(BaseModel):
+    min: int = Field(description="Smallest side, in px.")
+    max: int = Field(description="Largest side, in px.")
+    multiple: int = Field(description="Each side must be a multiple of this.")
+    max_pixels: int = Field(description="Largest width*height, in px.")
+
+
+class PlaygroundConfig(BaseModel):
+    auth_required: bool = Field(description="Whether requests need an API key (Authorization: Bearer).")
+    models: list[str] = Field(description="Model codes a request may name.")
+    recommended_sizes: list[str] = Field(description="The recommended sizes, WIDTHxHEIGHT.")
+    default_size: str = Field(description="The size used when a request names none.")
+    max_prompt_chars: int = Field(description="Longest prompt accepted, in characters (code points).")
+    sizes: SizeLimits = Field(description="The rules a custom size must follow.")
+
+
+router = APIRouter()
+
+
+def _read_asset(name: str) -> bytes:
+    return resources.files("cogserve").joinpath("web", name).read_bytes()
+
+
+async def _asset(name: str) -> Response:
+    body = await asyncio.to_thread(_read_asset, name)
+    headers = dict(_HEADERS)
+    if name.endswith(".html"):
+        headers["Content-Security-Policy"] = _CSP
+    return Response(body, media_type=ASSETS[name], headers=headers)
+
+
+@router.get("/", include_in_schema=False)
+async def playground_page() -> Response:
+    return await _asset("index.html")
+
+
+@router.get(
+    CONFIG_PATH,
+    response_model=PlaygroundConfig,
+    summary="What the playground page needs to know: models, sizes, limits, whether a key is needed",
+)
+async def playground_config(request: Request) -> PlaygroundConfig:
+    ctx = context(request)
+    model = ctx.settings.model
+    return PlaygroundConfig(
+        auth_required=await asyncio.to_thread(ctx.access.auth_required),
+        models=list(model.codes),
+        recommended_sizes=list(RECOMMENDED_SIZES),
+        default_size=DEFAULT_SIZE,
+        max_prompt_chars=model.max_prompt_chars,
+        sizes=SizeLimits(min=MIN_SIDE, max=MAX_SIDE, multiple=MULTIPLE, max_pixels=MAX_PIXELS),
+    )
+
+
+@router.get("/playground/{name}", include_in_schema=False)
+async def playground_asset(name: str) -> Response:
+    if name not in ASSETS:
+        raise NotFound(f"no playground file named '{name}'")
+    return await _asset(name)

@@ -1,0 +1,97 @@
+"""Where image bytes live: the ``ImageStore`` protocol, and the factory that picks one from settings.
+
+Two implementations: ``files.LocalImageStore`` (a folder in the data dir, the default) and
+``s3.S3ImageStore`` (any S3-compatible store, the ``s3`` extra). Both address images only by ids that
+match ``files.IMAGE_ID_RE``, and both raise ``StorageError`` for every failure of their backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from cogserve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cogserve.settings import Settings
+
+
+@dataclass(frozen=True)
+class ImageObject:
+    """A stored image opened for sending.
+
+    A local file has ``path`` (the route hands it to sendfile); a remote object has ``chunks``, an
+    iterator over its open body that closes the body when it ends or is closed, and blocks on the
+    network (iterate it off the event loop).
+    """
+
+    size: int
+    path: Path | None = None
+    chunks: Iterator[bytes] | None = None
+
+
+class ImageStore(Protocol):
+    """PNG bytes by image id. Every method raises ``StorageError`` when the backend fails."""
+
+    @property
+    def location(self) -> str:
+        """Where the images are, for logs: a folder, or an s3:// URL and its endpoint."""
+        ...
+
+    def check(self) -> None:
+        """Fail with ``StorageError`` unless images can be stored (the folder, or the bucket)."""
+        ...
+
+    def write(self, image_id: str, data: bytes) -> None:
+        """Store the image atomically: readers see the whole image or none, even after a crash."""
+        ...
+
+    def delete(self, image_id: str) -> None:
+        """Remove the image; one that is not there is no error."""
+        ...
+
+    def delete_many(self, image_ids: Sequence[str]) -> None:
+        """``delete`` for many ids, in as few round trips as the backend allows."""
+        ...
+
+    def size(self, image_id: str) -> int | None:
+        """The image's size in bytes, or None when it is not stored."""
+        ...
+
+    def exists(self, image_id: str) -> bool: ...
+
+    def open(self, image_id: str) -> ImageObject | None:
+        """The image, ready to send, or None when it is not stored."""
+        ...
+
+    def stored_ids(self, older_than_s: float = 0.0) -> Iterator[str]:
+        """Ids of stored images written at least ``older_than_s`` seconds ago (for orphan sweeps)."""
+        ...
+
+    def remove_stale_temp_files(self, older_than_s: float) -> int:
+        """Delete partial writes a crash left behind; returns how many. Nothing to do on S3, where a
+        put is atomic per object."""
+        ...
+
+    def presigned_url(self, image_id: str, expires_in_s: int) -> str | None:
+        """A URL that fetches the image without credentials for ``expires_in_s`` seconds (capped at
+        the backend's limit), or None where the backend has no such URLs (local files)."""
+        ...
+
+
+def create_image_store(settings: Settings) -> ImageStore:
+    """The store ``settings.storage.image_store`` names: S3 for an s3:// URL, else the data dir."""
+    storage = settings.storage
+    if storage.image_store is None:
+        from cogserve.storage.files import LocalImageStore
+
+        return LocalImageStore(settings.images_dir)
+    try:
+        from cogserve.storage.s3 import S3ImageStore
+    except ImportError as exc:
+        raise ConfigError(
+            f"image_store is {storage.image_store}, which needs boto3: pip install 'cogserve[s3]'"
+        ) from exc
+    return S3ImageStore.from_settings(storage)

@@ -1,0 +1,1 @@
+"""Alembic's script directory for the metadata database; run through ``cogserve.storage.migrate``."""

@@ -57,7 +57,6 @@ def main() -> None:
         {
             "COGSERVE_MODEL__BUILTIN_DIR": str(models),
             "COGSERVE_MODEL__STANDARD_STEPS": str(args.steps),
-            "COGSERVE_MODEL__WARMUP_SIZES": f"{args.size}x{args.size}:{args.steps}",
         }
     )
     rates: dict[int, list[float]] = {1: [], 2: []}
@@ -66,7 +65,8 @@ def main() -> None:
         for round_ in range(args.rounds):
             for replicas in (1, 2) if round_ % 2 == 0 else (2, 1):
                 data = work / f"data-{replicas}-{round_}"
-                server = start_server(data, flags=["--ray", "--replicas", str(replicas)], env=env)
+                flags = ["--ray", "--replicas", str(replicas), "--warmup-sizes", f"{args.size}x{args.size}"]
+                server = start_server(data, flags=flags, env=env)
                 try:
                     throughput(server.url, args.clients, args.clients, args.size, 10**6)  # warm the path
                     rate, failed = throughput(

@@ -171,6 +171,13 @@ def serve(
     log_format: Annotated[
         str | None, typer.Option(help="text | json (one object per line) [COGSERVE_SERVER__LOG_FORMAT]")
     ] = None,
+    cors_allow_origins: Annotated[
+        str | None,
+        typer.Option(
+            help="Origins allowed cross-origin: https://app.example,https://b.example "
+            "[COGSERVE_SERVER__CORS_ALLOW_ORIGINS]"
+        ),
+    ] = None,
     database_url: Annotated[
         str | None,
         typer.Option(help="postgresql+psycopg://user@host/db [COGSERVE_STORAGE__DATABASE_URL]"),
@@ -206,7 +213,13 @@ def serve(
     from cogserve.service.sizes import check_warmup_sizes
 
     settings = _settings(
-        server={"host": host, "port": port, "public_url": public_url, "log_format": log_format},
+        server={
+            "host": host,
+            "port": port,
+            "public_url": public_url,
+            "log_format": log_format,
+            "cors_allow_origins": cors_allow_origins,
+        },
         model={
             "path": model_path,
             "allow_download": allow_download,

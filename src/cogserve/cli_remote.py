@@ -9,9 +9,6 @@ Kept free of typer, torch and the server's modules: this is a plain HTTP client.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +18,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from cogserve.storage.files import atomic_write
 
 API_PREFIX = "/api/paas/v4"
 SUBMIT_PATH = f"{API_PREFIX}/async/images/generations"
@@ -125,22 +124,6 @@ def image_url(result: dict[str, Any]) -> str | None:
         if isinstance(items, list) and items and isinstance(items[0], dict) and items[0].get("url"):
             return str(items[0]["url"])
     return None
-
-
-def write_atomically(target: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never half a PNG."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class AsyncImagesClient:
@@ -302,7 +285,7 @@ def generate_remote(
             raise RemoteCancelled() from None
     target = output or Path(f"cogserve-{request.seed if request.seed is not None else task_id}.png")
     try:
-        write_atomically(target, png)
+        atomic_write(target, png)
     except OSError as exc:
         raise RemoteError(f"error: could not write the image: {exc}") from exc
     filtered = describe_content_filter(result.get("content_filter"))

@@ -10,6 +10,10 @@ signature checked out, so a caller who merely knows a key id cannot learn whethe
     CogserveError (500 / 500)
     ├── InvalidRequest (400 / 1210)        malformed JSON, wrong content type, bad body
     │   ├── BodyTooLarge (413 / 1210)
+    │   ├── BodyTimeout (408 / 1210)       the body did not arrive within body_timeout_s
+    │   ├── UrlTooLong (414 / 1210)
+    │   ├── UnsupportedEncoding (415 / 1210) any Content-Encoding: bodies are never inflated
+    │   ├── HeadersTooLarge (431 / 1210)
     │   ├── MissingField (400 / 1213)
     │   ├── InvalidField (400 / 1214)
     │   ├── UnknownModel (400 / 1211)
@@ -61,6 +65,26 @@ class InvalidRequest(CogserveError):
 
 class BodyTooLarge(InvalidRequest):
     status = 413
+
+
+class BodyTimeout(InvalidRequest):
+    """The client did not deliver its body in time: stalled, or sent less than its Content-Length."""
+
+    status = 408
+
+
+class UrlTooLong(InvalidRequest):
+    status = 414
+
+
+class UnsupportedEncoding(InvalidRequest):
+    """A compressed (or otherwise encoded) body: refused unread, never inflated."""
+
+    status = 415
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
 
 
 class MissingField(InvalidRequest):

@@ -7,12 +7,13 @@ the defaults below. Only ``cli`` and ``api.app`` build it; everything else recei
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DType = Literal["auto", "bf16", "fp32"]
 Offload = Literal["none", "model", "sequential"]
@@ -27,14 +28,69 @@ class ServerSettings(BaseModel):
         description="Base URL that image links start with, e.g. https://img.example.com. "
         "Unset: the address the request reached, honouring X-Forwarded-* from trusted proxies.",
     )
-    forwarded_allow_ips: list[str] = Field(
+    # NoDecode (here and on the other list fields): "a,b" from the environment is split by a
+    # validator instead of being rejected as invalid JSON.
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.1", "::1"],
         description="Peers whose X-Forwarded-Proto/Host/Prefix headers are trusted ('*' for any).",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest a request may take to deliver its body, counted from its headers; a client "
+        "that stalls mid-body (or sends less than its Content-Length) gets 408 and the connection closes.",
+    )
+    max_header_bytes: int = Field(
+        16 << 10,
+        ge=1024,
+        description="Largest total of request header names and values (431 beyond it). The HTTP parser "
+        "itself sets no limit, so this is the one that applies.",
+    )
+    max_url_bytes: int = Field(
+        8 << 10,
+        ge=256,
+        description="Longest request target, path plus query string (414 beyond it). The HTTP parser "
+        "refuses targets of 64 KiB and more with a bare 400 before cogserve sees them.",
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text: human-readable lines; json: one JSON object per line (log collectors)."
     )
+    # NoDecode: the env source would otherwise demand JSON; "a,b" is split by the validator below.
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Browser origins (scheme://host[:port], or '*') allowed to call the API cross-origin. "
+        "Empty: no CORS headers, so only same-origin pages (the playground) can read responses.",
+    )
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_ips(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        # Env vars and flags give "https://a.example,https://b.example"; a JSON list or a list is kept.
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        origins = []
+        for origin in value:
+            # Browsers send the origin without a path or trailing slash; matching is exact.
+            origin = origin.strip().rstrip("/")
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"CORS origin '{origin}' is not '*' or scheme://host[:port]")
+            origins.append(origin)
+        return origins
 
     @field_validator("public_url")
     @classmethod
@@ -64,7 +120,7 @@ class ModelSettings(BaseModel):
     guidance_scale: float = Field(3.5, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
     max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt accepted, in characters.")
     warmup: bool = Field(True, description="Run the warm-up generations before reporting ready.")
-    warmup_sizes: list[str] = Field(
+    warmup_sizes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["512x512:2"],
         description="(size, steps) buckets generated once before /readyz turns 200, as WIDTHxHEIGHT[:STEPS] "
         "(steps default to standard_steps). Warm the sizes you serve, above all with compile on.",
@@ -168,7 +224,7 @@ class JobSettings(BaseModel):
     max_attempts: int = Field(
         3, ge=1, description="Runs a job gets across server crashes before it is failed for good."
     )
-    webhook_allow: list[str] = Field(
+    webhook_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Hosts (host or host:port) that webhook_url may point at. Empty: webhooks are refused, "
         "so a client cannot make the server send requests into its network.",

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cogserve.engine import BatchItem, Engine, GenerationOutput
-from cogserve.service.access import AccessControl
+from tests.api.test_accounts import access_of
 from tests.helpers import DelegatingEngine, png_size, row_of
 
 IMAGES = "/v1/images/generations"
@@ -37,10 +37,6 @@ def fetch(client: TestClient, url: str) -> bytes:
 
 def pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
-
-
-def access_of(client: TestClient) -> AccessControl:
-    return client.app.state.cogserve.access  # type: ignore[attr-defined,no-any-return]
 
 
 def openai_error(response: Any, status: int) -> dict[str, Any]:

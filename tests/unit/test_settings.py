@@ -50,3 +50,13 @@ def test_database_defaults_to_sqlite_in_data_dir(tmp_path) -> None:
     settings = Settings(storage={"data_dir": tmp_path})
     assert settings.database_url == f"sqlite:///{tmp_path / 'cogserve.db'}"
     assert settings.builtin_model_dir == tmp_path / "models"
+
+
+def test_list_settings_take_comma_separated_environment_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COGSERVE_MODEL__WARMUP_SIZES", "512x512:2,1024x1024")
+    monkeypatch.setenv("COGSERVE_JOBS__WEBHOOK_ALLOW", "a.example, B.example:8443")
+    monkeypatch.setenv("COGSERVE_SERVER__FORWARDED_ALLOW_IPS", "10.0.0.1,10.0.0.2")
+    settings = Settings()
+    assert settings.model.warmup_sizes == ["512x512:2", "1024x1024"]
+    assert settings.jobs.webhook_allow == ["a.example", "b.example:8443"]
+    assert settings.server.forwarded_allow_ips == ["10.0.0.1", "10.0.0.2"]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from cogserve import __version__
 from cogserve.api.errors import install_error_handlers
@@ -16,6 +17,7 @@ from cogserve.api.jobs import render as render_job
 from cogserve.api.jobs import router as jobs_router
 from cogserve.api.middleware import RequestContextMiddleware
 from cogserve.api.openai import router as openai_router
+from cogserve.api.openapi import install_openapi
 from cogserve.api.routes import AppContext, router
 from cogserve.api.web import router as web_router
 from cogserve.auth import DatabaseLimiter
@@ -110,7 +112,19 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(web_router)
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    install_openapi(app, settings)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, server=settings.server)
+    if settings.server.cors_allow_origins:
+        # Outermost, so every answer (the 500 net's included) carries the headers a browser needs to
+        # read it. Closed by default: the playground is same-origin and needs none.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_allow_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-Id"],
+            allow_credentials=False,
+        )
     return app
 
 

@@ -7,10 +7,8 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.requests import Request
 
-from cogserve.api.body import read_json_object
 from cogserve.api.protocol import (
     AsyncImageGenerationRequest,
     AsyncResult,
@@ -18,9 +16,8 @@ from cogserve.api.protocol import (
     ContentFilterEntry,
     ErrorBody,
     ImageData,
-    validation_error,
 )
-from cogserve.api.routes import context, error_responses
+from cogserve.api.routes import KEY_SECURITY, context, error_responses, image_request
 from cogserve.api.urls import public_base_url
 from cogserve.auth import ApiKey
 from cogserve.service.jobs import ASYNC_PATH, JobView
@@ -44,26 +41,17 @@ router = APIRouter()
     responses=error_responses(400, 401, 403, 413, 429, 500, 503),
     summary="Submit an image job; answers at once with its id (BigModel async API)",
     openapi_extra={
+        **KEY_SECURITY,
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": AsyncImageGenerationRequest.model_json_schema()}},
-        }
+        },
     },
 )
 async def submit_job(request: Request) -> JSONResponse:
     ctx = context(request)
     async with ctx.access.audit(request.state.request_id, ASYNC_PATH + " (submit)") as note:
-        key = await _caller(request)
-        note.key_id = key.id if key else None
-        data = await read_json_object(request, ctx.settings.server.max_body_bytes)
-        try:
-            body = AsyncImageGenerationRequest.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        request_id = body.request_id or request.state.request_id
-        request.state.request_id = request_id
-        job = body.to_job(ctx.settings.model, request_id)
-        note.user_id = job.user_id
+        key, body, job = await image_request(request, ctx, note, AsyncImageGenerationRequest)
         base_url = public_base_url(request, ctx.settings.server)
         row = await ctx.jobs.submit(job, key, base_url, body.webhook_url)
     task = AsyncTask(id=row.id, request_id=row.request_id, model=row.model, task_status="PROCESSING")
@@ -74,8 +62,9 @@ async def submit_job(request: Request) -> JSONResponse:
     RESULT_PATH,
     response_model=AsyncResult,
     response_model_exclude_none=True,
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 500),
     summary="Where an async job stands, and its image once done",
+    openapi_extra=KEY_SECURITY,
 )
 async def job_result(job_id: str, request: Request) -> JSONResponse:
     ctx = context(request)
@@ -88,8 +77,9 @@ async def job_result(job_id: str, request: Request) -> JSONResponse:
     CANCEL_PATH,
     response_model=AsyncResult,
     response_model_exclude_none=True,
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 500),
     summary="Cancel a queued or running job (cogserve extension); a finished one is left as it is",
+    openapi_extra=KEY_SECURITY,
 )
 async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     ctx = context(request)

@@ -32,7 +32,7 @@ from cogserve.api.openai_protocol import (
     unknown_model,
 )
 from cogserve.api.protocol import validation_error
-from cogserve.api.routes import AppContext, context
+from cogserve.api.routes import KEY_SECURITY, AppContext, context, error_responses
 from cogserve.api.urls import public_base_url
 from cogserve.auth import ApiKey
 from cogserve.errors import CogserveError
@@ -66,7 +66,7 @@ class _OpenAIRoute(APIRoute):
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": OpenAIErrorEnvelope} for status in statuses}
+    return error_responses(*statuses, model=OpenAIErrorEnvelope)
 
 
 router = APIRouter(route_class=_OpenAIRoute, tags=["OpenAI-compatible"])
@@ -82,10 +82,11 @@ router = APIRouter(route_class=_OpenAIRoute, tags=["OpenAI-compatible"])
     "once (one request against the key's and user's limits) and generated as one batch. Sizes follow "
     "cogserve's rules; `seed` is a cogserve extension; fields cogserve does not act on are ignored.",
     openapi_extra={
+        **KEY_SECURITY,
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": OpenAIImageRequest.model_json_schema()}},
-        }
+        },
     },
 )
 async def create_images(request: Request) -> JSONResponse:
@@ -118,6 +119,7 @@ async def create_images(request: Request) -> JSONResponse:
     responses=_errors(401, 500),
     summary="List the model codes (OpenAI models API)",
     description="Every code a request may send as `model`; all are served by the loaded pipeline.",
+    openapi_extra=KEY_SECURITY,
 )
 async def list_models(request: Request) -> OpenAIModelList:
     ctx = context(request)
@@ -130,6 +132,7 @@ async def list_models(request: Request) -> OpenAIModelList:
     response_model=OpenAIModel,
     responses=_errors(401, 404, 500),
     summary="Describe one model code (OpenAI models API)",
+    openapi_extra=KEY_SECURITY,
 )
 async def get_model(
     request: Request, model: Annotated[str, Path(description="A model code, e.g. cogview-4.")]

@@ -8,11 +8,21 @@ settings in one place. ``openai_error`` renders cogserve's error tree in OpenAI'
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
-from cogserve.api.protocol import MAX_SEED, ImageGenerationRequest, no_nul, prompt_rules
+from cogserve.api.protocol import (
+    CLOSED,
+    MAX_SEED,
+    NO_NUL_PATTERN,
+    PROMPT_PATTERN,
+    SIZE_SYNTAX,
+    ImageGenerationRequest,
+    WireRequest,
+    no_nul,
+    prompt_rules,
+)
 from cogserve.errors import (
     AuthError,
     BodyTooLarge,
@@ -41,17 +51,19 @@ OpenAIQuality = Literal["standard", "hd", "low", "medium", "high", "xhigh", "max
 _HD_LEVELS = frozenset({"hd", "high", "xhigh", "max"})
 
 
-class OpenAIImageRequest(BaseModel):
+class OpenAIImageRequest(WireRequest):
     """Body of ``POST /v1/images/generations``. A field sent as ``null`` counts as absent; fields
     cogserve does not act on (style, background, output_format, moderation, ...) are ignored."""
 
-    # strict, as in the BigModel request: "2" is not an int.
-    model_config = ConfigDict(strict=True, extra="ignore")
-
     model: str | None = Field(
-        None, description="Model code, one of GET /v1/models (default: the first of them, cogview-4)."
+        None,
+        description="Model code, one of GET /v1/models (absent, null or empty: the first, cogview-4).",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
     )
-    prompt: str = Field(description="Text description of the image, Chinese or English.")
+    prompt: str = Field(
+        description="Text description of the image, Chinese or English; not blank, no NUL.",
+        json_schema_extra={"pattern": PROMPT_PATTERN},
+    )
     n: int = Field(
         1, ge=1, le=MAX_N, description=f"Number of images, 1..{MAX_N}; they are generated as one batch."
     )
@@ -59,6 +71,10 @@ class OpenAIImageRequest(BaseModel):
         DEFAULT_SIZE,
         description="WIDTHxHEIGHT, each side 512..2048 px and divisible by 16, width*height <= 2^21 px "
         "(e.g. 1024x1024, 1792x1024, 1536x1024, 512x512); auto = 1024x1024. 256x256 is too small.",
+        json_schema_extra={
+            "pattern": f"^({SIZE_SYNTAX}|auto)$",
+            "examples": ["auto", "1024x1024", "1792x1024", "1536x1024", "512x512"],
+        },
     )
     quality: OpenAIQuality = Field(
         "standard",
@@ -73,12 +89,14 @@ class OpenAIImageRequest(BaseModel):
         min_length=1,
         max_length=128,
         description="End user's id: per-user limits and operator blocks apply to it.",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
     )
     safety_identifier: str | None = Field(
         None,
         min_length=1,
         max_length=128,
         description="OpenAI's newer name for the end user's id; wins over `user` when both are sent.",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
     )
     seed: int | None = Field(
         None,
@@ -87,14 +105,6 @@ class OpenAIImageRequest(BaseModel):
         description="cogserve extension: image i gets seed+i, so the same seed and request give the "
         "same pixels. Random when absent.",
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_is_absent(cls, data: Any) -> Any:
-        # The SDK sends an argument passed as None as JSON null: the default must apply.
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
 
     @field_validator("prompt")
     @classmethod
@@ -147,16 +157,22 @@ def unknown_model(model: str, settings: ModelSettings) -> UnknownModel:
 
 
 class OpenAIImage(BaseModel):
+    model_config = CLOSED
+
     url: str | None = Field(None, description="Link to the PNG, valid until the image expires.")
     b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
 
 
 class OpenAIImagesResponse(BaseModel):
+    model_config = CLOSED
+
     created: int = Field(description="Unix time in seconds.")
     data: list[OpenAIImage] = Field(description="The generated images, n of them, in seed order.")
 
 
 class OpenAIModel(BaseModel):
+    model_config = CLOSED
+
     id: str = Field(description="The model code to send as `model`.")
     object: Literal["model"] = Field("model", description="Always 'model'.")
     created: int = Field(MODEL_CREATED, description="Unix time of the model's release.")
@@ -164,11 +180,15 @@ class OpenAIModel(BaseModel):
 
 
 class OpenAIModelList(BaseModel):
+    model_config = CLOSED
+
     object: Literal["list"] = Field("list", description="Always 'list'.")
     data: list[OpenAIModel] = Field(description="Every model code this server accepts.")
 
 
 class OpenAIErrorBody(BaseModel):
+    model_config = CLOSED
+
     message: str = Field(description="What went wrong, naming the field when one is at fault.")
     type: str = Field(
         description="invalid_request_error, permission_error, requests (rate limits) or server_error."
@@ -178,6 +198,8 @@ class OpenAIErrorBody(BaseModel):
 
 
 class OpenAIErrorEnvelope(BaseModel):
+    model_config = CLOSED
+
     error: OpenAIErrorBody
 
 

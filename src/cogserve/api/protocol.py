@@ -21,16 +21,77 @@ MAX_SEED = 2**63 - 1
 # Visible ASCII only: request_id is echoed in the X-Request-Id header, so no spaces, no CR/LF.
 REQUEST_ID_PATTERN = r"^[\x21-\x7e]{1,128}$"
 
+# Patterns below only document (in the OpenAPI schema) what the validators enforce; each is written
+# with escapes that mean the same in ECMA-262 and Python regexes, the two dialects clients use.
+#: No NUL anywhere (``no_nul``).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+#: The syntax ``parse_size`` accepts; its range, multiple-of-16 and pixel rules are in the description.
+SIZE_SYNTAX = "[0-9]{1,5}x[0-9]{1,5}"
+SIZE_PATTERN = f"^{SIZE_SYNTAX}$"
 
-class ImageGenerationRequest(BaseModel):
-    """Body of ``POST /api/paas/v4/images/generations``. A field sent as ``null`` counts as absent."""
+
+def _blank_class() -> str:
+    """A regex class of NUL and every character ``str.strip()`` removes (``str.isspace``)."""
+    points = [0, *(c for c in range(0x3001) if chr(c).isspace())]
+    ranges: list[tuple[int, int]] = []
+    for point in points:
+        if ranges and point == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], point)
+        else:
+            ranges.append((point, point))
+    return "".join(f"\\u{lo:04x}" if lo == hi else f"\\u{lo:04x}-\\u{hi:04x}" for lo, hi in ranges)
+
+
+#: ``prompt_rules``: at least one character that is not blank, and no NUL.
+PROMPT_PATTERN = f"^[^\\x00]*[^{_blank_class()}][^\\x00]*$"
+
+_SCHEMA_KEYWORDS_KEPT_OUTSIDE = frozenset({"title", "description", "default", "examples"})
+
+
+def _optional_fields_take_null(schema: dict[str, Any]) -> None:
+    """Document ``_null_is_absent``: every optional field also accepts JSON null."""
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        if name in required:
+            continue
+        branches = prop.pop("anyOf", None)
+        # Constraints (a field-level pattern, say) go with the value's branch, not beside the null one.
+        inner = {key: prop.pop(key) for key in list(prop) if key not in _SCHEMA_KEYWORDS_KEPT_OUTSIDE}
+        if isinstance(branches, list):
+            values = [branch for branch in branches if branch != {"type": "null"}]
+            branches = [{**branch, **inner} for branch in values]
+        else:
+            branches = [inner]
+        prop["anyOf"] = [*branches, {"type": "null"}]
+
+
+class WireRequest(BaseModel):
+    """What every request body shares: strict types, unknown fields ignored, null = absent."""
 
     # strict: "1" is not an int and "true" is not a bool. Unknown fields are ignored, because the
     # SDKs shallow-merge arbitrary ``extra_body`` keys into the body.
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=_optional_fields_take_null)
 
-    model: str = Field(description="Model code: cogview-4 or cogview-4-250304 (configurable).")
-    prompt: str = Field(description="Text description of the image, Chinese or English.")
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        # The SDKs send an argument passed as None as JSON null: the default must apply.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class ImageGenerationRequest(WireRequest):
+    """Body of ``POST /api/paas/v4/images/generations``. A field sent as ``null`` counts as absent."""
+
+    model: str = Field(
+        description="Model code: cogview-4 or cogview-4-250304 (configurable).",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
+    prompt: str = Field(
+        description="Text description of the image, Chinese or English; not blank, no NUL.",
+        json_schema_extra={"pattern": PROMPT_PATTERN},
+    )
     quality: Literal["standard", "hd"] = Field(
         "standard", description="standard: fewer denoising steps, faster; hd: more steps, finer detail."
     )
@@ -38,9 +99,14 @@ class ImageGenerationRequest(BaseModel):
         DEFAULT_SIZE,
         description="WIDTHxHEIGHT. Recommended: " + ", ".join(RECOMMENDED_SIZES) + ". Custom: each side "
         "512..2048 px and divisible by 16, width*height <= 2^21 px.",
+        json_schema_extra={"pattern": SIZE_PATTERN, "examples": list(RECOMMENDED_SIZES)},
     )
     user_id: str | None = Field(
-        None, min_length=6, max_length=128, description="End user's id (6..128 characters)."
+        None,
+        min_length=6,
+        max_length=128,
+        description="End user's id (6..128 characters).",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
     )
     request_id: str | None = Field(
         None,
@@ -51,29 +117,31 @@ class ImageGenerationRequest(BaseModel):
     response_format: Literal["url", "b64_json"] = Field(
         "url", description="url: a link valid for the image lifetime; b64_json: the PNG inline."
     )
-    n: int = Field(1, description="Number of images; only 1 is supported.")
+    n: int = Field(1, description="Number of images; only 1 is supported.", json_schema_extra={"const": 1})
     seed: int | None = Field(
         None,
         ge=0,
         le=MAX_SEED,
         description="cogserve extension: the same seed and request give the same pixels. Random when absent.",
     )
-    user: str | None = Field(None, max_length=256, description="Sent by the SDK; recorded.")
-    style: str | None = Field(None, max_length=64, description="Sent by the SDK; recorded, no effect.")
+    user: str | None = Field(
+        None,
+        max_length=256,
+        description="Sent by the SDK; recorded.",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
+    style: str | None = Field(
+        None,
+        max_length=64,
+        description="Sent by the SDK; recorded, no effect.",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
     sensitive_word_check: dict[str, Any] | None = Field(
         None, description="Sent by the SDK; recorded (moderation always applies)."
     )
     watermark_enabled: bool | None = Field(
         None, description="Accepted and recorded; watermarking is not applied yet."
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_is_absent(cls, data: Any) -> Any:
-        # The SDKs send an argument passed as None as JSON null: the default must apply.
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
 
     @field_validator("prompt")
     @classmethod
@@ -129,7 +197,13 @@ class ImageGenerationRequest(BaseModel):
         )
 
 
+#: Response bodies list every key they may hold: a stray key (another API's envelope) is a bug.
+CLOSED = ConfigDict(json_schema_extra={"additionalProperties": False})
+
+
 class ContentFilterEntry(BaseModel):
+    model_config = CLOSED
+
     role: Literal["user", "assistant", "history"] = Field(
         description="Where the check applied: user input, model output (assistant) or history."
     )
@@ -137,11 +211,15 @@ class ContentFilterEntry(BaseModel):
 
 
 class ImageData(BaseModel):
+    model_config = CLOSED
+
     url: str | None = Field(None, description="Link to the PNG, valid until the image expires.")
     b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
 
 
 class ImageGenerationResponse(BaseModel):
+    model_config = CLOSED
+
     created: int = Field(description="Unix time in seconds.")
     data: list[ImageData] = Field(description="The generated images (one).")
     content_filter: list[ContentFilterEntry] = Field(description="Safety checks applied.")
@@ -150,17 +228,26 @@ class ImageGenerationResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    model_config = CLOSED
+
     code: str = Field(description="BigModel business code, e.g. 1214.")
     message: str = Field(description="What went wrong, naming the field when one is at fault.")
 
 
 class ErrorEnvelope(BaseModel):
+    model_config = CLOSED
+
     error: ErrorBody
 
 
 class AsyncImageGenerationRequest(ImageGenerationRequest):
     """Body of ``POST /api/paas/v4/async/images/generations``: the sync body, plus a webhook."""
 
+    response_format: Literal["url", "b64_json"] = Field(
+        "url",
+        description="url only: fetch the image from the result's url once the job succeeds.",
+        json_schema_extra={"enum": ["url"]},
+    )
     webhook_url: str | None = Field(
         None,
         max_length=2048,
@@ -177,6 +264,8 @@ class AsyncImageGenerationRequest(ImageGenerationRequest):
 
 
 class AsyncTask(BaseModel):
+    model_config = CLOSED
+
     id: str = Field(description="The job's id: poll GET /api/paas/v4/async-result/{id}.")
     request_id: str = Field(description="The request_id sent, or the generated one.")
     model: str = Field(description="The model code asked for.")

@@ -15,7 +15,8 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cogserve.api.routes import context
+from cogserve.api.protocol import CLOSED
+from cogserve.api.routes import context, error_responses
 from cogserve.errors import NotFound
 from cogserve.service.sizes import DEFAULT_SIZE, MAX_PIXELS, MAX_SIDE, MIN_SIDE, MULTIPLE, RECOMMENDED_SIZES
 
@@ -42,6 +43,8 @@ _HEADERS = {
 
 
 class SizeLimits(BaseModel):
+    model_config = CLOSED
+
     min: int = Field(description="Smallest side, in px.")
     max: int = Field(description="Largest side, in px.")
     multiple: int = Field(description="Each side must be a multiple of this.")
@@ -49,6 +52,8 @@ class SizeLimits(BaseModel):
 
 
 class PlaygroundConfig(BaseModel):
+    model_config = CLOSED
+
     auth_required: bool = Field(description="Whether requests need an API key (Authorization: Bearer).")
     models: list[str] = Field(description="Model codes a request may name.")
     recommended_sizes: list[str] = Field(description="The recommended sizes, WIDTHxHEIGHT.")
@@ -81,6 +86,7 @@ async def playground_page() -> Response:
     CONFIG_PATH,
     response_model=PlaygroundConfig,
     summary="What the playground page needs to know: models, sizes, limits, whether a key is needed",
+    responses=error_responses(500),
 )
 async def playground_config(request: Request) -> PlaygroundConfig:
     ctx = context(request)

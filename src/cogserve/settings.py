@@ -20,6 +20,15 @@ Offload = Literal["none", "model", "sequential"]
 TextEncoderQuant = Literal["none", "int8", "nf4"]
 
 
+def comma_list(value: Any) -> Any:
+    """List settings from env vars and flags: "a,b" (or a JSON list); a list is kept as is."""
+    if isinstance(value, str):
+        if value.strip().startswith("["):
+            return json.loads(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class ServerSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=1, le=65535, description="Port to bind.")
@@ -66,19 +75,12 @@ class ServerSettings(BaseModel):
     @field_validator("forwarded_allow_ips", mode="before")
     @classmethod
     def _split_ips(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return comma_list(value)
 
     @field_validator("cors_allow_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
-        # Env vars and flags give "https://a.example,https://b.example"; a JSON list or a list is kept.
-        if isinstance(value, str):
-            if value.strip().startswith("["):
-                return json.loads(value)
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return comma_list(value)
 
     @field_validator("cors_allow_origins")
     @classmethod
@@ -161,10 +163,7 @@ class ModelSettings(BaseModel):
     @field_validator("warmup_sizes", mode="before")
     @classmethod
     def _split_warmup_sizes(cls, value: Any) -> Any:
-        # Env vars and flags give "512x512:2,1024x1024"; a list is taken as is.
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return comma_list(value)
 
     @field_validator("warmup_sizes")
     @classmethod
@@ -240,9 +239,10 @@ class JobSettings(BaseModel):
     @field_validator("webhook_allow", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip().lower() for part in value.split(",") if part.strip()]
-        return value
+        hosts = comma_list(value)
+        if isinstance(hosts, list):
+            return [host.lower() if isinstance(host, str) else host for host in hosts]
+        return hosts
 
 
 class AuthSettings(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Literal
 
 from fastapi import APIRouter
@@ -17,9 +16,8 @@ from cogserve.api.protocol import (
     ErrorBody,
     ImageData,
 )
-from cogserve.api.routes import KEY_SECURITY, context, error_responses, image_request
+from cogserve.api.routes import KEY_SECURITY, caller, context, error_responses, image_request
 from cogserve.api.urls import public_base_url
-from cogserve.auth import ApiKey
 from cogserve.service.jobs import ASYNC_PATH, JobView
 
 RESULT_PATH = "/api/paas/v4/async-result/{job_id}"
@@ -69,7 +67,7 @@ async def submit_job(request: Request) -> JSONResponse:
 async def job_result(job_id: str, request: Request) -> JSONResponse:
     ctx = context(request)
     base_url = public_base_url(request, ctx.settings.server)
-    view = await ctx.jobs.view(job_id, await _caller(request), base_url)
+    view = await ctx.jobs.view(job_id, await caller(request), base_url)
     return JSONResponse(render(view))
 
 
@@ -84,13 +82,8 @@ async def job_result(job_id: str, request: Request) -> JSONResponse:
 async def cancel_job(job_id: str, request: Request) -> JSONResponse:
     ctx = context(request)
     base_url = public_base_url(request, ctx.settings.server)
-    view = await ctx.jobs.cancel(job_id, await _caller(request), base_url)
+    view = await ctx.jobs.cancel(job_id, await caller(request), base_url)
     return JSONResponse(render(view))
-
-
-async def _caller(request: Request) -> ApiKey | None:
-    access = context(request).access
-    return await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
 
 
 def render(view: JobView) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from cogserve.api.openai_protocol import (
     unknown_model,
 )
 from cogserve.api.protocol import validation_error
-from cogserve.api.routes import KEY_SECURITY, AppContext, context, error_responses
+from cogserve.api.routes import KEY_SECURITY, caller, context, error_responses
 from cogserve.api.urls import public_base_url
 from cogserve.auth import ApiKey
 from cogserve.errors import CogserveError
@@ -92,7 +92,7 @@ router = APIRouter(route_class=_OpenAIRoute, tags=["OpenAI-compatible"])
 async def create_images(request: Request) -> JSONResponse:
     ctx = context(request)
     async with ctx.access.audit(request.state.request_id, IMAGES_PATH) as note:
-        key = await _authenticate(ctx, request)
+        key = await caller(request)
         note.key_id = key.id if key else None
         data = await read_json_object(request, ctx.settings.server.max_body_bytes)
         try:
@@ -123,7 +123,7 @@ async def create_images(request: Request) -> JSONResponse:
 )
 async def list_models(request: Request) -> OpenAIModelList:
     ctx = context(request)
-    await _authenticate(ctx, request)
+    await caller(request)
     return OpenAIModelList(data=[OpenAIModel(id=code) for code in ctx.settings.model.codes])
 
 
@@ -138,15 +138,10 @@ async def get_model(
     request: Request, model: Annotated[str, Path(description="A model code, e.g. cogview-4.")]
 ) -> OpenAIModel:
     ctx = context(request)
-    await _authenticate(ctx, request)
+    await caller(request)
     if model not in ctx.settings.model.codes:
         raise unknown_model(model, ctx.settings.model)
     return OpenAIModel(id=model)
-
-
-async def _authenticate(ctx: AppContext, request: Request) -> ApiKey | None:
-    # Off the loop: verifying a key reads the database.
-    return await asyncio.to_thread(ctx.access.authenticate, request.headers.get("authorization"))
 
 
 async def _generate(

@@ -149,6 +149,12 @@ async def create_image(request: Request) -> JSONResponse:
     return JSONResponse(response.model_dump(exclude_none=True))
 
 
+async def caller(request: Request) -> ApiKey | None:
+    """The request's API key (None in open mode); raises AuthError. Off the loop: it reads the DB."""
+    access = context(request).access
+    return await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
+
+
 async def image_request(
     request: Request, ctx: AppContext, note: AuditNote, model: type[BodyT]
 ) -> tuple[ApiKey | None, BodyT, ImageJob]:
@@ -156,7 +162,7 @@ async def image_request(
 
     Adopts the client's request_id for the response header and fills the audit note as it learns.
     """
-    key = await asyncio.to_thread(ctx.access.authenticate, request.headers.get("authorization"))
+    key = await caller(request)
     note.key_id = key.id if key else None
     data = await read_json_object(request, ctx.settings.server.max_body_bytes)
     try:

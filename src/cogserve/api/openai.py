@@ -15,24 +15,21 @@ from fastapi import APIRouter, Path
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cogserve.api.body import read_json_object
 from cogserve.api.disconnect import unless_disconnected
 from cogserve.api.openai_protocol import (
     OpenAIErrorEnvelope,
-    OpenAIImage,
     OpenAIImageRequest,
     OpenAIImagesResponse,
     OpenAIModel,
     OpenAIModelList,
     unknown_model,
 )
-from cogserve.api.protocol import validation_error
-from cogserve.api.routes import KEY_SECURITY, caller, context, error_responses
+from cogserve.api.protocol import ImageData
+from cogserve.api.routes import KEY_SECURITY, caller, context, error_responses, read_body
 from cogserve.api.urls import public_base_url
 from cogserve.auth import ApiKey
 from cogserve.errors import CogserveError
@@ -94,20 +91,16 @@ async def create_images(request: Request) -> JSONResponse:
     async with ctx.access.audit(request.state.request_id, IMAGES_PATH) as note:
         key = await caller(request)
         note.key_id = key.id if key else None
-        data = await read_json_object(request, ctx.settings.server.max_body_bytes)
-        try:
-            body = OpenAIImageRequest.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
+        body = await read_body(request, ctx, OpenAIImageRequest)
         jobs = body.to_jobs(ctx.settings.model, request.state.request_id)
         note.user_id = body.user_id
         stored = await unless_disconnected(request, _generate(ctx.service, jobs, key, note))
     if body.response_format == "b64_json":
-        items = [OpenAIImage(b64_json=base64.b64encode(image.png).decode("ascii")) for image in stored]
+        items = [ImageData(b64_json=base64.b64encode(image.png).decode("ascii")) for image in stored]
     else:
         base = public_base_url(request, ctx.settings.server)
         items = [
-            OpenAIImage(url=ctx.service.image_url(image.image_id, image.expires_at, base)) for image in stored
+            ImageData(url=ctx.service.image_url(image.image_id, image.expires_at, base)) for image in stored
         ]
     response = OpenAIImagesResponse(created=min(image.created for image in stored), data=items)
     return JSONResponse(response.model_dump(exclude_none=True))

@@ -18,6 +18,7 @@ from cogserve.api.protocol import (
     NO_NUL_PATTERN,
     PROMPT_PATTERN,
     SIZE_SYNTAX,
+    ImageData,
     ImageGenerationRequest,
     WireRequest,
     no_nul,
@@ -156,18 +157,12 @@ def unknown_model(model: str, settings: ModelSettings) -> UnknownModel:
     return UnknownModel(f"The model '{model}' does not exist; available: {', '.join(settings.codes)}")
 
 
-class OpenAIImage(BaseModel):
-    model_config = CLOSED
-
-    url: str | None = Field(None, description="Link to the PNG, valid until the image expires.")
-    b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
-
-
 class OpenAIImagesResponse(BaseModel):
     model_config = CLOSED
 
     created: int = Field(description="Unix time in seconds.")
-    data: list[OpenAIImage] = Field(description="The generated images, n of them, in seed order.")
+    # The same item as the BigModel answer's: {url} or {b64_json}.
+    data: list[ImageData] = Field(description="The generated images, n of them, in seed order.")
 
 
 class OpenAIModel(BaseModel):

@@ -24,6 +24,7 @@ from cogserve.api.protocol import (
     ImageData,
     ImageGenerationRequest,
     ImageGenerationResponse,
+    WireRequest,
     validation_error,
 )
 from cogserve.api.urls import public_base_url
@@ -41,6 +42,7 @@ from cogserve.settings import Settings
 IMAGES_PATH = "/api/paas/v4/images/generations"
 
 BodyT = TypeVar("BodyT", bound=ImageGenerationRequest)
+WireT = TypeVar("WireT", bound=WireRequest)
 
 
 @dataclass
@@ -155,6 +157,15 @@ async def caller(request: Request) -> ApiKey | None:
     return await asyncio.to_thread(access.authenticate, request.headers.get("authorization"))
 
 
+async def read_body(request: Request, ctx: AppContext, model: type[WireT]) -> WireT:
+    """The request's JSON body as ``model``; cogserve's 400s for anything else."""
+    data = await read_json_object(request, ctx.settings.server.max_body_bytes)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
 async def image_request(
     request: Request, ctx: AppContext, note: AuditNote, model: type[BodyT]
 ) -> tuple[ApiKey | None, BodyT, ImageJob]:
@@ -164,11 +175,7 @@ async def image_request(
     """
     key = await caller(request)
     note.key_id = key.id if key else None
-    data = await read_json_object(request, ctx.settings.server.max_body_bytes)
-    try:
-        body = model.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    body = await read_body(request, ctx, model)
     request_id = body.request_id or request.state.request_id
     request.state.request_id = request_id
     job = body.to_job(ctx.settings.model, request_id)

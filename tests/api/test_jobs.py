@@ -234,15 +234,19 @@ def test_webhook_is_retried_until_delivered_with_the_result(
     client = make_client(settings)
     job = submit(client, webhook_url=f"http://127.0.0.1:{port}/hook").json()
     done = wait_for(client, job["id"], finished)
+    jobs = JobStore(metadata_of(client).engine)
+    # The receiver holds the body before the server has recorded the delivery: wait for the row.
     deadline = time.monotonic() + 20
-    while not receiver.bodies and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        row = jobs.get(job["id"])
+        if row is not None and row.webhook_state != "pending":
+            break
         time.sleep(0.02)
+    assert row is not None and row.webhook_state == "delivered" and row.webhook_attempts == 3
     assert receiver.attempts == 3  # two 500s, then delivered
     (delivered,) = receiver.bodies
     assert delivered["task_status"] == "SUCCESS" and delivered["id"] == job["id"]
     assert delivered["data"] == done["data"]
-    row = JobStore(metadata_of(client).engine).get(job["id"])
-    assert row is not None and row.webhook_state == "delivered" and row.webhook_attempts == 3
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,7 @@ signature checked out, so a caller who merely knows a key id cannot learn whethe
     ├── GenerationFailed (500 / 1230)      the pipeline raised
     │   └── OutOfMemory (500 / 1230)       the device ran out of memory, even for this image alone
     ├── StorageError (500 / 500)           disk or database failed
+    │   └── StorageUnavailable (503 / 1305) the database is locked or unreachable; retry shortly
     ├── AuthError (401 / 1000)
     │   ├── AuthFailed (401 / 1000)        right key id, wrong secret or bad JWT signature
     │   ├── AuthMissing (401 / 1001)       no Authorization header
@@ -162,8 +163,24 @@ class StorageError(CogserveError):
     status, code = 500, "500"
 
 
+class StorageUnavailable(StorageError):
+    """The database did not answer (down, unreachable, locked past its busy timeout).
+
+    503 and retryable, unlike a plain StorageError: nothing is wrong with the request and the same
+    call succeeds once the database is back, which the pool notices on its next checkout.
+    """
+
+    status, code, retryable = 503, "1305", True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "5"})
+
+
 class AuthError(CogserveError):
     status, code = 401, "1000"
+    #: The existing key a failed credential named (wrong secret, bad signature, expired, revoked),
+    #: for the audit log; None when the token named no key that exists. Never sent to the client.
+    key_id: str | None = None
 
 
 class AuthFailed(AuthError):

@@ -184,6 +184,23 @@ def test_every_request_is_audited_with_its_outcome(make_client: Callable[..., Te
     assert usage[(None, None)].auth_failed == 1
 
 
+def test_failed_logins_are_audited_under_the_key_they_claimed(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    access = access_of(client)
+    _, full = access.keys.create("targeted")
+    key_id = full.split(".")[0]
+    _, revoked = access.keys.create("old")
+    access.accounts.revoke_key(revoked.split(".")[0])
+    assert _post(client, f"{key_id}.{'0' * 48}").json()["error"]["code"] == "1000"  # wrong secret
+    assert _post(client, revoked).json()["error"]["code"] == "1004"
+    assert _post(client, f"{'f' * 24}.{'0' * 48}").json()["error"]["code"] == "1002"  # no such key
+    usage = {row.key_id: row for row in access.accounts.usage()}
+    assert usage[key_id].auth_failed == 1 and usage[key_id].ok == 0
+    assert usage[revoked.split(".")[0]].auth_failed == 1
+    # A key id nobody holds is not written down as if it were one: its attempt has no key.
+    assert usage[None].auth_failed == 1 and "f" * 24 not in usage
+
+
 def test_a_copy_of_the_database_alone_yields_no_usable_key(
     make_client: Callable[..., TestClient], make_settings: Callable[..., Any], tmp_path: Path
 ) -> None:

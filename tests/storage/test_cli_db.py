@@ -75,7 +75,7 @@ def test_a_database_from_before_migrations_is_recognised(target: tuple[list[str]
 def test_an_unreachable_database_is_an_error_not_a_traceback() -> None:
     result = runner.invoke(db_app, ["current", "--database-url", "postgresql+psycopg://nobody@127.0.0.1:1/x"])
     assert result.exit_code == 1
-    assert "error: database error while trying to read the schema revision" in result.output
+    assert "error: the database is unavailable, could not read the schema revision" in result.output
     assert "Traceback" not in result.output
 
 

@@ -31,7 +31,7 @@ from cogserve.api.urls import public_base_url
 from cogserve.auth import ApiKey
 from cogserve.engine import Engine
 from cogserve.engine.scheduler import ImageScheduler
-from cogserve.errors import NotFound, ServiceUnavailable
+from cogserve.errors import NotFound, ServiceUnavailable, StorageError
 from cogserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cogserve.metrics import Metrics
 from cogserve.service import ImageJob, ImageService
@@ -242,7 +242,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="The model is loaded and warmed up",
+    summary="The model is loaded and warmed up, and the database answers",
     responses={200: {"model": Readiness}, **error_responses(503)},
 )
 async def readyz(request: Request) -> Response:
@@ -250,6 +250,11 @@ async def readyz(request: Request) -> Response:
     if not ctx.service.ready:
         message = ctx.service.load_error or "the model is still loading"
         return error_response(ServiceUnavailable(message, headers={"Retry-After": "5"}))
+    try:
+        # Not ready while the database is down: every generation would fail with 503 anyway.
+        await ctx.service.check_database()
+    except StorageError as exc:
+        return error_response(exc)
     info = ctx.engine.info
     stats = ctx.scheduler.stats
     return JSONResponse(

@@ -21,11 +21,12 @@ import hmac
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from cogserve.auth.keys import ApiKeys
-from cogserve.errors import AuthExpired, AuthFailed, AuthInvalid, AuthMissing, AuthRevoked
+from cogserve.errors import AuthError, AuthExpired, AuthFailed, AuthInvalid, AuthMissing, AuthRevoked
 from cogserve.storage.accounts import ApiKey
 
 _MAX_TOKEN_CHARS = 4096
@@ -70,9 +71,10 @@ class TokenVerifier:
 
     def _verify_key(self, key_id: str, secret: str) -> ApiKey:
         key, stored = self._lookup(key_id)
-        if not hmac.compare_digest(secret.encode(), stored):
-            raise AuthFailed("authentication failed: wrong secret for this API key")
-        return _active(key)
+        with _claiming(key.id):
+            if not hmac.compare_digest(secret.encode(), stored):
+                raise AuthFailed("authentication failed: wrong secret for this API key")
+            return _active(key)
 
     def _verify_jwt(self, header_b64: str, payload_b64: str, signature_b64: str) -> ApiKey:
         header = _json_segment(header_b64, "header")
@@ -86,6 +88,12 @@ class TokenVerifier:
             raise AuthInvalid("invalid token: the payload has no numeric exp")
 
         key, secret = self._lookup(key_id)
+        with _claiming(key.id):
+            return self._check_jwt(key, secret, header_b64, payload_b64, signature_b64, exp)
+
+    def _check_jwt(
+        self, key: ApiKey, secret: bytes, header_b64: str, payload_b64: str, signature_b64: str, exp: float
+    ) -> ApiKey:
         expected = hmac.new(secret, f"{header_b64}.{payload_b64}".encode(), hashlib.sha256).digest()
         if not hmac.compare_digest(expected, _b64url(signature_b64, "signature")):
             raise AuthFailed("authentication failed: the token's signature does not match the API key")
@@ -107,6 +115,16 @@ class TokenVerifier:
         if found is None:
             raise AuthInvalid("invalid API key: no such key id")
         return found
+
+
+@contextmanager
+def _claiming(key_id: str) -> Iterator[None]:
+    """Name the existing key a failed credential claimed, so the audit row can say whose it was."""
+    try:
+        yield
+    except AuthError as exc:
+        exc.key_id = key_id
+        raise
 
 
 def _active(key: ApiKey) -> ApiKey:

@@ -105,7 +105,8 @@ class AccessControl:
                 route=route,
                 outcome=outcome_of(error),
                 duration_s=time.monotonic() - started,
-                key_id=note.key_id,
+                # A failed credential that named an existing key is audited under that key.
+                key_id=error.key_id if isinstance(error, AuthError) else note.key_id,
                 user_id=note.user_id,
                 error_code=_code_of(error),
                 moderation_level=note.moderation_level,

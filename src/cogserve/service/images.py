@@ -120,6 +120,10 @@ class ImageService:
                 headers={"Retry-After": "5"},
             )
 
+    async def check_database(self) -> None:
+        """Raise ``StorageUnavailable`` when the metadata database does not answer (for /readyz)."""
+        await asyncio.to_thread(self._metadata.ping)
+
     async def produce(
         self,
         job: ImageJob,

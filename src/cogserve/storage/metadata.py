@@ -24,10 +24,11 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from cogserve.errors import StorageError
+from cogserve.errors import StorageError, StorageUnavailable
 
 
 class Base(DeclarativeBase):
@@ -93,6 +94,11 @@ class MetadataStore:
     def close(self) -> None:
         self._engine.dispose()
 
+    def ping(self) -> None:
+        """One round trip; ``StorageUnavailable`` when the database does not answer."""
+        with translated("reach the database"), self._engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
     def add(self, row: ImageRow) -> None:
         with translated("record the image"), self._sessions.begin() as session:
             session.add(row)
@@ -125,9 +131,15 @@ class MetadataStore:
 
 @contextmanager
 def translated(doing: str) -> Iterator[None]:
-    """Turn database errors into ``StorageError`` saying what was being done."""
+    """Turn database errors into ``StorageError`` saying what was being done.
+
+    Errors of the connection rather than of the statement (server down or restarting, network cut,
+    SQLite locked past busy_timeout, pool exhausted) become ``StorageUnavailable``: 503, retry.
+    """
     try:
         yield
+    except (OperationalError, DisconnectionError, PoolTimeout) as exc:
+        raise StorageUnavailable(f"the database is unavailable, could not {doing}; retry shortly") from exc
     except SQLAlchemyError as exc:
         raise StorageError(f"database error while trying to {doing}") from exc
 

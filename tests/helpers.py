@@ -95,3 +95,19 @@ class StepGateEngine(DelegatingEngine):
                 self.gate.wait(30)
 
         return on_progress
+
+
+class FaultyPipeline:
+    """Wraps the real CogView4Pipeline; ``fault(prompts)`` may return an exception to raise."""
+
+    def __init__(self, inner: Any, fault: Callable[[list[str]], Exception | None]) -> None:
+        self.inner, self.fault = inner, fault
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, *, prompt: list[str], **kwargs: Any) -> Any:
+        error = self.fault(prompt)
+        if error is not None:
+            raise error
+        return self.inner(prompt=prompt, **kwargs)

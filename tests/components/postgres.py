@@ -80,14 +80,7 @@ class PostgresServer:
         last_error = ""
         for _ in range(5):  # another process may take the free port between our look and the bind
             self.port = _free_port()
-            options = (
-                f"-k {self.root} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-            )
-            started = self._run(
-                "pg_ctl", "-D", str(data), "-l", str(self.root / "log"), "-w", "-t", "30", "-o", options,
-                "start", check=False,
-            )  # fmt: skip
+            started = self._pg_ctl_start(check=False)
             if started.returncode == 0:
                 atexit.register(self.stop)
                 return
@@ -102,6 +95,26 @@ class PostgresServer:
         if (root / "data" / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(root / "data"), "-m", "immediate", "-w", "stop", check=False)
         shutil.rmtree(root, ignore_errors=True)
+
+    def pause(self) -> None:
+        """Stop the server as a crash would (immediate), keeping its data: the database is "down"."""
+        assert self.root is not None
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start a paused server again, on the same port: the database "returns"."""
+        self._pg_ctl_start(check=True)
+
+    def _pg_ctl_start(self, *, check: bool) -> subprocess.CompletedProcess[str]:
+        assert self.root is not None
+        options = (
+            f"-k {self.root} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        data, log = str(self.root / "data"), str(self.root / "log")
+        return self._run(
+            "pg_ctl", "-D", data, "-l", log, "-w", "-t", "30", "-o", options, "start", check=check
+        )  # fmt: skip
 
     # -- databases ---------------------------------------------------------------------------------
 

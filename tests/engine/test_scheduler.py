@@ -18,7 +18,7 @@ from cogserve.engine.runner import PipelineEngine
 from cogserve.engine.scheduler import Scheduler, batch_size_for
 from cogserve.errors import GenerationFailed, OutOfMemory, QueueFull, RequestTimeout
 from cogserve.settings import ModelSettings, SchedulerSettings
-from tests.helpers import DelegatingEngine
+from tests.helpers import DelegatingEngine, FaultyPipeline
 
 T = TypeVar("T")
 
@@ -268,22 +268,6 @@ def test_lone_client_never_waits_for_company(recorder: Recorder) -> None:
 # -- faults, injected in front of the real pipeline -------------------------------------------
 
 
-class FaultyPipeline:
-    """Wraps the real CogView4Pipeline; ``fault(prompts)`` may return an exception to raise."""
-
-    def __init__(self, inner: Any, fault: Callable[[list[str]], Exception | None]) -> None:
-        self.inner, self.fault = inner, fault
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def __call__(self, *, prompt: list[str], **kwargs: Any) -> Any:
-        error = self.fault(prompt)
-        if error is not None:
-            raise error
-        return self.inner(prompt=prompt, **kwargs)
-
-
 @pytest.fixture
 def own_engine(models_dir: Path) -> PipelineEngine:
     engine = PipelineEngine(ModelSettings(builtin_dir=models_dir), models_dir)
@@ -327,7 +311,7 @@ def test_out_of_memory_in_a_batch_reruns_its_images_one_at_a_time(own_engine: Pi
     assert "out of GPU memory" in results[1].message
 
 
-def test_pipeline_error_fails_only_its_batch(own_engine: PipelineEngine) -> None:
+def test_pipeline_error_in_a_batch_fails_only_the_image_that_raises(own_engine: PipelineEngine) -> None:
     def broken_once(prompts: list[str]) -> Exception | None:
         return RuntimeError("CUDA error: an illegal memory access") if "bad" in prompts else None
 
@@ -345,6 +329,8 @@ def test_pipeline_error_fails_only_its_batch(own_engine: PipelineEngine) -> None
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     bad, mate, other = run(SchedulerSettings(max_batch_size=4, max_batch_wait_ms=500), recorder, body)
-    assert isinstance(bad, GenerationFailed) and isinstance(mate, GenerationFailed)
-    assert "illegal memory access" in bad.message
+    assert isinstance(bad, GenerationFailed) and "illegal memory access" in bad.message
+    # Its batch-mate is re-run alone and succeeds; the other size was never in the failed call.
+    assert isinstance(mate, GenerationOutput) and mate.image.size == (512, 512)
+    assert recorder.calls[:3] == [["bad", "mate"], ["bad"], ["mate"]]
     assert isinstance(other, GenerationOutput) and other.image.size == (768, 512)

@@ -9,8 +9,8 @@
   cancelled because the client left), marks its item cancelled, and the item is skipped if still
   queued, or its image discarded if running; a call whose images are all cancelled stops at the
   next step.
-- Out of memory in a batch: the batch's images are re-run one at a time; any other failure fails
-  only that batch.
+- A batch that fails (out of memory, or the pipeline raised) is re-run one image at a time, so
+  one bad image or one too many for the device fails only its own request, never its batch-mates.
 
 All state lives on the event loop; only ``Engine.generate_batch`` runs on the worker thread.
 """
@@ -30,8 +30,8 @@ from typing import Protocol
 from cogserve.engine.types import BatchItem, Engine, GenerationOutput, GenerationParams, ProgressEvent
 from cogserve.errors import (
     CogserveError,
+    GenerationFailed,
     Interrupted,
-    OutOfMemory,
     QueueFull,
     RequestTimeout,
     ServiceUnavailable,
@@ -298,7 +298,7 @@ class Scheduler:
         try:
             try:
                 outputs = await self._call(batch)
-            except OutOfMemory as exc:
+            except GenerationFailed as exc:  # OutOfMemory included
                 if len(batch) == 1:
                     raise
                 log.warning("%s; re-running its %d images one at a time", exc.message, len(batch))

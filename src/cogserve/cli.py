@@ -209,6 +209,7 @@ def serve(
     import uvicorn
 
     from cogserve.api import create_app
+    from cogserve.api.connection import header_deadline_protocol
     from cogserve.engine.loader import preflight
     from cogserve.service.sizes import check_warmup_sizes
 
@@ -277,6 +278,7 @@ def serve(
             access_log=False,  # cogserve's middleware logs one line per request, with its id
             proxy_headers=False,  # forwarded headers are handled by api.urls, from trusted peers only
             timeout_graceful_shutdown=30,
+            http=header_deadline_protocol(settings.server.header_timeout_s),
         )
     )
     server.run()

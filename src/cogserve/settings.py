@@ -44,6 +44,12 @@ class ServerSettings(BaseModel):
         description="Peers whose X-Forwarded-Proto/Host/Prefix headers are trusted ('*' for any).",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a client may take to send a request's line and headers (from the "
+        "connection's start or the request's first byte); slower ones get 408 and are closed.",
+    )
     body_timeout_s: float = Field(
         30.0,
         gt=0,

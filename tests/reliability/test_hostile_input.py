@@ -54,6 +54,7 @@ OK_OPENAI: dict[str, Any] = {"prompt": "a cute kitten", "size": "512x512"}
 UNKNOWN_IMAGE = "A" * 32  # the shape of an image id, but no such image
 UNKNOWN_JOB = "job-" + "0" * 32
 BODY_TIMEOUT_S = 2.0  # the live server's body_timeout_s
+HEADER_TIMEOUT_S = 2.0  # and its header_timeout_s
 
 
 @dataclass(frozen=True)
@@ -806,7 +807,11 @@ def live(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator
     server = start_server(
         tmp_path_factory.mktemp("hostile-live") / "data",
         models_dir,
-        env={"COGSERVE_SERVER__BODY_TIMEOUT_S": str(BODY_TIMEOUT_S), "COGSERVE_MODEL__WARMUP": "false"},
+        env={
+            "COGSERVE_SERVER__BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+            "COGSERVE_SERVER__HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+            "COGSERVE_MODEL__WARMUP": "false",
+        },
     )
     yield server
     stop_server(server.process)
@@ -1027,6 +1032,61 @@ def test_a_trickled_body_is_cut_off_at_the_deadline(live: Server) -> None:
                 break
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert time.monotonic() - started < BODY_TIMEOUT_S + 3
+
+
+def _assert_head_timed_out(answer: Answer) -> None:
+    assert answer.status == 408, answer
+    assert json.loads(answer.body)["error"] == {
+        "code": "1210",
+        "message": f"the request headers did not arrive within {HEADER_TIMEOUT_S:g} s",
+    }
+    assert answer.closed and HEADER_TIMEOUT_S - 0.1 <= answer.elapsed < HEADER_TIMEOUT_S + 3
+
+
+def test_a_connection_that_sends_nothing_is_closed_with_408(live: Server) -> None:
+    """uvicorn has no header timeout: cogserve's protocol gives the head header_timeout_s."""
+    _assert_head_timed_out(exchange(live, b"", timeout=HEADER_TIMEOUT_S + 8))
+
+
+def test_a_head_that_never_ends_is_cut_off_with_408(live: Server) -> None:
+    _assert_head_timed_out(exchange(live, b"GET /healthz HTTP/1.1\r\n" + HOST, timeout=HEADER_TIMEOUT_S + 8))
+
+
+def test_a_trickled_head_is_cut_off_at_the_deadline(live: Server) -> None:
+    """Slow-loris on the headers: a header line every 0.2 s, forever."""
+    host, port = live.url.removeprefix("http://").split(":")
+    started, answer = time.monotonic(), b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n" + HOST)
+        for n in range(100):
+            try:
+                sock.sendall(b"X-Slow-%d: 1\r\n" % n)
+            except OSError:
+                break
+            sock.settimeout(0.2)
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if answer.startswith(b"HTTP/"):
+                break
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert time.monotonic() - started < HEADER_TIMEOUT_S + 3
+
+
+def test_a_stalled_head_on_a_kept_alive_connection_is_cut_off_too(live: Server) -> None:
+    first = b"GET /healthz HTTP/1.1\r\n" + HOST + b"\r\n"
+    answer = exchange(live, first + b"GET /healthz HTTP/1.1\r\n", timeout=HEADER_TIMEOUT_S + 8)
+    assert answer.status == 200  # the first request is served at once
+    assert answer.rest.startswith(b"HTTP/1.1 408") and answer.closed
+    assert HEADER_TIMEOUT_S - 0.1 <= answer.elapsed < HEADER_TIMEOUT_S + 3
+
+
+def test_a_slow_head_within_the_deadline_is_served(live: Server) -> None:
+    answer = exchange(live, b"GET /healthz HTTP/1.1\r\n", then=HOST + CLOSE + b"\r\n", pause=1.0)
+    assert answer.status == 200 and answer.elapsed >= 1.0
 
 
 def test_a_content_length_shorter_than_the_body(live: Server) -> None:

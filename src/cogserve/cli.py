@@ -279,6 +279,7 @@ def serve(
             proxy_headers=False,  # forwarded headers are handled by api.urls, from trusted peers only
             timeout_graceful_shutdown=30,
             http=header_deadline_protocol(settings.server.header_timeout_s),
+            timeout_keep_alive=settings.server.keep_alive_s,
         )
     )
     server.run()

@@ -44,6 +44,13 @@ class ServerSettings(BaseModel):
         description="Peers whose X-Forwarded-Proto/Host/Prefix headers are trusted ('*' for any).",
     )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted.")
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        description="How long an idle kept-alive connection stays open. Longer than clients' own idle "
+        "expiry (httpx, so the zhipuai and openai SDKs: 5 s), so the client closes first: a server "
+        "closing at the same moment races a POST the client is sending, which fails unretried.",
+    )
     header_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import json
 import os
 import socket
@@ -1087,6 +1088,25 @@ def test_a_stalled_head_on_a_kept_alive_connection_is_cut_off_too(live: Server) 
 def test_a_slow_head_within_the_deadline_is_served(live: Server) -> None:
     answer = exchange(live, b"GET /healthz HTTP/1.1\r\n", then=HOST + CLOSE + b"\r\n", pause=1.0)
     assert answer.status == 200 and answer.elapsed >= 1.0
+
+
+def test_an_idle_kept_alive_connection_outlives_the_clients_own_expiry(live: Server) -> None:
+    """httpx (so zhipuai and openai) drops idle connections after 5 s. Were the server to close at
+    the same moment (uvicorn's default is also 5 s), a POST sent on the closing connection would
+    fail with no answer and no retry: the load test saw one in 7,495. The server waits longer."""
+    host, port = live.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", "/healthz")
+        first = connection.getresponse()
+        assert first.status == 200 and first.read()
+        kept = connection.sock
+        time.sleep(5.5)
+        connection.request("GET", "/healthz")  # raises RemoteDisconnected had the server closed
+        second = connection.getresponse()
+        assert second.status == 200 and second.read() and connection.sock is kept
+    finally:
+        connection.close()
 
 
 def test_a_content_length_shorter_than_the_body(live: Server) -> None:

@@ -16,8 +16,8 @@ Conventions the catalogue pins down:
 - Measured uvicorn (httptools) behaviour, outside cogserve's reach: no header-size limit of its own
   (cogserve's middleware answers 431 past ``max_header_bytes``), request targets of 64 KiB and more
   refused with a bare ``400 text/plain``, malformed framing (bad Content-Length, CR/NUL in headers,
-  unknown methods) likewise; no timeout while a client sends its headers (a half-sent request line
-  or header block holds its connection open until the client leaves).
+  unknown methods) likewise; no timeout while a client sends its headers, which cogserve's own
+  protocol (``api.connection``) adds: ``header_timeout_s``, then 408 and close.
 """
 
 from __future__ import annotations
@@ -1010,19 +1010,19 @@ def test_a_content_length_longer_than_the_body_is_cut_off_with_408(live: Server)
     assert answer.closed and answer.elapsed < BODY_TIMEOUT_S + 3
 
 
-def test_a_trickled_body_is_cut_off_at_the_deadline(live: Server) -> None:
-    """Slow-loris on the body: bytes keep coming, but the whole body must be there by the deadline."""
-    host, port = live.url.removeprefix("http://").split(":")
-    started = time.monotonic()
+def trickle(server: Server, first: bytes, pieces: list[bytes], every_s: float) -> tuple[bytes, float]:
+    """Send ``first``, then one piece every ``every_s`` until the server answers or closes (at most
+    10 s); return what it sent back and the seconds taken."""
+    host, port = server.url.removeprefix("http://").split(":")
+    started, answer = time.monotonic(), b""
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(POST_IMAGES + b"Content-Length: %d\r\n\r\n" % (len(VALID) + 1000))
-        answer = b""
-        for byte in VALID:
+        sock.sendall(first)
+        for piece in pieces:
             try:
-                sock.sendall(bytes([byte]))
+                sock.sendall(piece)
             except OSError:
                 break
-            sock.settimeout(0.25)
+            sock.settimeout(every_s)
             try:
                 answer += sock.recv(65536)
             except TimeoutError:
@@ -1031,8 +1031,15 @@ def test_a_trickled_body_is_cut_off_at_the_deadline(live: Server) -> None:
                 break
             if answer.startswith(b"HTTP/") or time.monotonic() - started > 10:
                 break
+    return answer, time.monotonic() - started
+
+
+def test_a_trickled_body_is_cut_off_at_the_deadline(live: Server) -> None:
+    """Slow-loris on the body: bytes keep coming, but the whole body must be there by the deadline."""
+    head = POST_IMAGES + b"Content-Length: %d\r\n\r\n" % (len(VALID) + 1000)
+    answer, elapsed = trickle(live, head, [bytes([byte]) for byte in VALID], every_s=0.25)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert time.monotonic() - started < BODY_TIMEOUT_S + 3
+    assert elapsed < BODY_TIMEOUT_S + 3
 
 
 def _assert_head_timed_out(answer: Answer) -> None:
@@ -1055,26 +1062,10 @@ def test_a_head_that_never_ends_is_cut_off_with_408(live: Server) -> None:
 
 def test_a_trickled_head_is_cut_off_at_the_deadline(live: Server) -> None:
     """Slow-loris on the headers: a header line every 0.2 s, forever."""
-    host, port = live.url.removeprefix("http://").split(":")
-    started, answer = time.monotonic(), b""
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\n" + HOST)
-        for n in range(100):
-            try:
-                sock.sendall(b"X-Slow-%d: 1\r\n" % n)
-            except OSError:
-                break
-            sock.settimeout(0.2)
-            try:
-                answer += sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if answer.startswith(b"HTTP/"):
-                break
+    lines = [b"X-Slow-%d: 1\r\n" % n for n in range(100)]
+    answer, elapsed = trickle(live, b"GET /healthz HTTP/1.1\r\n" + HOST, lines, every_s=0.2)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
-    assert time.monotonic() - started < HEADER_TIMEOUT_S + 3
+    assert elapsed < HEADER_TIMEOUT_S + 3
 
 
 def test_a_stalled_head_on_a_kept_alive_connection_is_cut_off_too(live: Server) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -111,3 +113,41 @@ class FaultyPipeline:
         if error is not None:
             raise error
         return self.inner(prompt=prompt, **kwargs)
+
+
+class WebhookReceiver:
+    """A real HTTP server on loopback taking webhooks; fails its first ``failures`` POSTs with 500.
+
+    ``attempts`` counts every POST, ``bodies`` holds the JSON of the accepted ones.
+    """
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures, self.attempts = failures, 0
+        self.bodies: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.attempts += 1
+                status = 500 if receiver.attempts <= receiver.failures else 200
+                if status == 200:
+                    receiver.bodies.append(payload)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+
+    def __enter__(self) -> WebhookReceiver:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ from cogserve.engine import Engine
 from cogserve.errors import ContentBlocked
 from cogserve.storage.jobs import JobRow, JobStore
 from tests.api.test_accounts import access_of, bearer
-from tests.helpers import StepGateEngine, metadata_of, png_size
+from tests.helpers import StepGateEngine, WebhookReceiver, metadata_of, png_size
 
 SUBMIT = "/api/paas/v4/async/images/generations"
 
@@ -194,42 +192,16 @@ def test_a_job_past_its_timeout_fails_with_1230(
     assert body["task_status"] == "FAIL" and body["error"]["code"] == "1230"
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    """A webhook receiver that fails its first ``failures`` deliveries with 500."""
-
-    failures = 0
-    bodies: list[dict[str, Any]]
-
-    def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        payload = json.loads(self.rfile.read(length))
-        server: Any = self.server
-        server.attempts += 1
-        status = 500 if server.attempts <= server.failures else 200
-        if status == 200:
-            server.bodies.append(payload)
-        self.send_response(status)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def receiver() -> Iterator[Any]:
-    server: Any = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    server.attempts, server.failures, server.bodies = 0, 2, []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(failures=2) as running:
+        yield running
 
 
 def test_webhook_is_retried_until_delivered_with_the_result(
-    make_client: Callable[..., TestClient], make_settings: Callable[..., Any], receiver: Any
+    make_client: Callable[..., TestClient], make_settings: Callable[..., Any], receiver: WebhookReceiver
 ) -> None:
-    port = receiver.server_address[1]
+    port = receiver.port
     settings = make_settings(jobs={"webhook_allow": ["127.0.0.1"], "webhook_backoff_s": 0.05})
     client = make_client(settings)
     job = submit(client, webhook_url=f"http://127.0.0.1:{port}/hook").json()
@@ -342,3 +314,32 @@ def test_a_graceful_stop_hands_running_jobs_to_the_next_process(
     assert row is not None and row.status == "queued" and row.lease_until == 0
     second = make_client(settings)
     assert wait_for(second, job["id"], finished, timeout=30)["task_status"] == "SUCCESS"
+
+
+def _row_when(client: TestClient, job_id: str, ready: Callable[[JobRow], bool]) -> JobRow:
+    jobs, deadline = JobStore(metadata_of(client).engine), time.monotonic() + 30
+    while True:
+        row = jobs.get(job_id)
+        if row is not None and ready(row):
+            return row
+        assert time.monotonic() < deadline, "the job's row never got there"
+        time.sleep(0.02)
+
+
+def test_a_webhook_being_retried_at_a_graceful_stop_is_finished_by_the_next_process(
+    make_client: Callable[..., TestClient], make_settings: Callable[..., Any]
+) -> None:
+    # Backoff 60 s and lease 600 s: neither the retry nor a lapse is what finishes the delivery.
+    settings = make_settings(jobs={"webhook_allow": ["127.0.0.1"], "webhook_backoff_s": 60, "lease_s": 600})
+    with WebhookReceiver(failures=1) as receiver:
+        first = make_client(settings)
+        job = submit(first, webhook_url=receiver.url).json()
+        _row_when(first, job["id"], lambda row: row.webhook_attempts == 1)  # failed once, now waiting
+        first.__exit__(None, None, None)
+        handed_back = _row_when(first, job["id"], lambda row: True)
+        assert handed_back.webhook_state == "pending" and handed_back.lease_until == 0
+        second = make_client(settings)
+        row = _row_when(second, job["id"], lambda row: row.webhook_state != "pending")
+        assert (row.webhook_state, row.webhook_attempts, receiver.attempts) == ("delivered", 2, 2)
+        (delivered,) = receiver.bodies
+        assert delivered["id"] == job["id"] and delivered["task_status"] == "SUCCESS"

@@ -1,4 +1,5 @@
-"""Async jobs outlive a server killed with SIGKILL: after a restart every job finishes or fails."""
+"""Async jobs outlive a server killed with SIGKILL: after a restart every job finishes or fails, and
+webhook deliveries cut short are finished."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import Any
 
 import httpx
 
+from cogserve.storage import MetadataStore
+from cogserve.storage.jobs import JobRow, JobStore
 from tests.e2e.conftest import start_server, stop_server
-from tests.helpers import png_size
+from tests.helpers import WebhookReceiver, png_size
 
 SUBMIT = "/api/paas/v4/async/images/generations"
 ENV = {
@@ -75,13 +78,61 @@ def test_jobs_in_flight_at_sigkill_are_resumed_after_restart(tmp_path: Path, mod
 
 def result_offline(data_dir: Path, job_id: str) -> str:
     """The job's status as the database has it, read with no server running."""
-    from cogserve.storage import MetadataStore
-    from cogserve.storage.jobs import JobStore
+    return job_offline(data_dir, job_id).status
 
+
+def job_offline(data_dir: Path, job_id: str) -> JobRow:
+    """The job's row as the database has it (a fresh connection: what is committed)."""
     store = MetadataStore(f"sqlite:///{(data_dir / 'cogserve.db').resolve()}")
     try:
         row = JobStore(store.engine).get(job_id)
     finally:
         store.close()
     assert row is not None
-    return row.status
+    return row
+
+
+def test_a_webhook_being_retried_at_sigkill_is_delivered_after_restart(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    env = {
+        "COGSERVE_JOBS__LEASE_S": "2",
+        "COGSERVE_JOBS__WEBHOOK_ALLOW": "127.0.0.1",
+        "COGSERVE_JOBS__WEBHOOK_BACKOFF_S": "60",  # the killed process would wait a minute to retry
+    }
+    with WebhookReceiver(failures=1) as receiver:
+        first = start_server(data_dir, models_dir, env=env)
+        try:
+            body = {"model": "cogview-4", "prompt": "a kite", "size": "512x512", "webhook_url": receiver.url}
+            response = httpx.post(f"{first.url}{SUBMIT}", json=body, timeout=10)
+            assert response.status_code == 200, response.text
+            job_id = response.json()["id"]
+            deadline = time.monotonic() + 60
+            while job_offline(data_dir, job_id).webhook_attempts < 1:
+                assert time.monotonic() < deadline, "the first delivery never failed"
+                time.sleep(0.05)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(10)
+        finally:
+            stop_server(first.process)
+        assert job_offline(data_dir, job_id).webhook_state == "pending"
+
+        second = start_server(data_dir, models_dir, env=env)
+        try:
+            deadline = time.monotonic() + 60
+            while (row := job_offline(data_dir, job_id)).webhook_state == "pending":
+                assert time.monotonic() < deadline, "the delivery was never resumed"
+                time.sleep(0.1)
+            assert (row.webhook_state, row.webhook_attempts, receiver.attempts) == ("delivered", 2, 2)
+            (delivered,) = receiver.bodies
+            # The result as polled, links included: they name the address the job was submitted to.
+            polled = result(second.url, job_id)
+
+            def unlinked(body: dict[str, Any]) -> dict[str, Any]:
+                return {k: v for k, v in body.items() if k not in ("data", "image_result")}
+
+            assert delivered["task_status"] == "SUCCESS" and unlinked(delivered) == unlinked(polled)
+            assert delivered["data"][0]["url"] == polled["data"][0]["url"].replace(second.url, first.url)
+        finally:
+            stop_server(second.process)

@@ -100,6 +100,7 @@ class JobService:
         self._render = render
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._local: dict[str, _Local] = {}
+        self._delivering: set[str] = set()  # jobs whose webhook this process is sending
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -210,7 +211,9 @@ class JobService:
     async def _record(self, row: JobRow, outcome: Outcome) -> None:
         webhook = row.webhook_url is not None
         try:
-            finished = await asyncio.to_thread(self._store.finish, row.id, self.worker, outcome, webhook)
+            finished = await asyncio.to_thread(
+                self._store.finish, row.id, self.worker, outcome, webhook, self._jobs.lease_s
+            )
         except CogserveError:
             # The lease lapses and the job runs again elsewhere; its image here just expires.
             log.exception("could not record the end of job %s", row.id)
@@ -223,12 +226,27 @@ class JobService:
             self._in_background(self._send_webhook(row.id))
 
     async def _send_webhook(self, job_id: str) -> None:
+        """Deliver a finished job's webhook, going on from the attempts already made.
+
+        The job's lease, renewed with the running jobs', covers the delivery: if this process dies,
+        another claims it once the lease lapses (``_claim``) and finishes it.
+        """
         row = await asyncio.to_thread(self._store.get, job_id)
-        if row is None or row.webhook_url is None:
+        if row is None or row.webhook_url is None or row.webhook_state != "pending":
             return
-        payload = self._render(self._view_of(row))
-        state, attempts = await deliver(row.webhook_url, payload, self._jobs, job_id)
-        await asyncio.to_thread(self._store.webhook_done, job_id, state, attempts)
+
+        async def failed(attempts: int) -> None:
+            await asyncio.to_thread(self._store.webhook_attempted, job_id, attempts)
+
+        self._delivering.add(job_id)
+        try:
+            payload = self._render(self._view_of(row))
+            state, attempts = await deliver(
+                row.webhook_url, payload, self._jobs, job_id, made=row.webhook_attempts, on_failure=failed
+            )
+            await asyncio.to_thread(self._store.webhook_attempted, job_id, attempts, state)
+        finally:
+            self._delivering.discard(job_id)
 
     # -- upkeep: leases, crashed processes' jobs, old rows -------------------------------------
 
@@ -250,6 +268,9 @@ class JobService:
             await asyncio.sleep(interval)
 
     async def _renew(self) -> None:
+        await asyncio.to_thread(
+            self._store.renew_deliveries, self.worker, list(self._delivering), self._jobs.lease_s
+        )
         progress = {job_id: local.progress for job_id, local in self._local.items()}
         kept = await asyncio.to_thread(self._store.renew, self.worker, progress, self._jobs.lease_s)
         for job_id in progress.keys() - kept:
@@ -259,6 +280,10 @@ class JobService:
                 local.task.cancel()
 
     async def _claim(self) -> None:
+        deliveries = await asyncio.to_thread(self._store.claim_deliveries, self.worker, self._jobs.lease_s)
+        for row in deliveries:
+            log.info("resuming the webhook of job %s after %d attempts", row.id, row.webhook_attempts)
+            self._in_background(self._send_webhook(row.id))
         room = self._settings.scheduler.max_queue - self._scheduler.stats.queued
         if room <= 0:
             return
@@ -273,7 +298,7 @@ class JobService:
 
     async def stop(self) -> None:
         """Hand this process's unfinished jobs back for the next process; stop the webhooks."""
-        ids = list(self._local)
+        ids, delivering = list(self._local), list(self._delivering)
         tasks = [local.task for local in self._local.values() if local.task is not None]
         for task in [*tasks, *self._background]:
             task.cancel()
@@ -282,6 +307,7 @@ class JobService:
                 await task
         try:
             await asyncio.to_thread(self._store.release, self.worker, ids)
+            await asyncio.to_thread(self._store.release_deliveries, self.worker, delivering)
         except CogserveError:
             log.exception("could not hand back %d jobs; they resume when their leases lapse", len(ids))
 

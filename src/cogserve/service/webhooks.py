@@ -4,12 +4,17 @@ A webhook makes the server send a request wherever a client says, which is how r
 into a private network starts. So a URL is accepted only if its host is on the operator's allow
 list (empty by default), redirects are never followed (a redirect could lead anywhere), and the
 URL may not carry credentials.
+
+Delivery is at least once: a process that dies after the receiver answered but before the answer
+was recorded leaves the delivery to another process, which sends it again. Receivers deduplicate on
+the ``X-Cogserve-Job-Id`` header.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -47,16 +52,24 @@ def check_webhook_url(url: str, allow: list[str]) -> str:
 
 
 async def deliver(
-    url: str, payload: dict[str, Any], settings: JobSettings, job_id: str
+    url: str,
+    payload: dict[str, Any],
+    settings: JobSettings,
+    job_id: str,
+    *,
+    made: int = 0,
+    on_failure: Callable[[int], Awaitable[None]] | None = None,
 ) -> tuple[Literal["delivered", "failed"], int]:
-    """POST the payload until a 2xx answer, with doubling waits; (state, attempts made).
+    """POST the payload until a 2xx answer, with doubling waits; (state, attempts made in all).
 
+    ``made``: attempts an earlier process already made (a resumed delivery goes on from there);
+    ``on_failure(n)`` is awaited after each failed attempt n, so the count survives a crash.
     A 4xx other than 408/429 is final: the receiver understood and refused.
     """
-    delay = settings.webhook_backoff_s
+    delay = settings.webhook_backoff_s * 2**made
     headers = {"X-Cogserve-Event": "job.finished", "X-Cogserve-Job-Id": job_id}
     async with httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
-        for attempt in range(1, settings.webhook_attempts + 1):
+        for attempt in range(made + 1, settings.webhook_attempts + 1):
             try:
                 response = await client.post(url, json=payload, headers=headers)
             except httpx.HTTPError as exc:
@@ -69,6 +82,8 @@ async def deliver(
                     log.warning("webhook of job %s refused by the receiver (%s)", job_id, reason)
                     return "failed", attempt
             log.info("webhook of job %s: attempt %d failed (%s)", job_id, attempt, reason)
+            if on_failure is not None:
+                await on_failure(attempt)
             if attempt < settings.webhook_attempts:
                 await asyncio.sleep(delay)
                 delay *= 2

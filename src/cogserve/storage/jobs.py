@@ -5,6 +5,10 @@ lease while it works; a process that dies stops renewing, and once the lease has
 process may claim the job and run it again (``claim_lapsed``). Every change of state is a
 conditional UPDATE on the state it expects, so a job cancelled by one process while another
 finishes it ends in exactly one final state.
+
+A finished job with a webhook keeps the same lease while its delivery is retried: a process that
+dies mid-retry leaves a lapsed lease on a ``pending`` delivery, which another process claims and
+finishes from the attempt count stored after each try (``claim_deliveries``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import BigInteger, Engine, Float, Index, Integer, String, Text, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
@@ -92,9 +96,12 @@ class JobStore:
         with translated("read the job"), self._sessions() as session:
             return session.get(JobRow, job_id)
 
-    def finish(self, job_id: str, worker: str | None, outcome: Outcome, webhook: bool) -> bool:
+    def finish(
+        self, job_id: str, worker: str | None, outcome: Outcome, webhook: bool, lease_s: float = 0.0
+    ) -> bool:
         """Record the final state if the job is still active (and, given ``worker``, still ours).
 
+        With a webhook the lease is kept for ``lease_s`` more: it now covers the delivery.
         False: it already ended (cancelled, or claimed by another process after our lease lapsed).
         """
         now = time.time()
@@ -111,7 +118,7 @@ class JobStore:
             error_code=outcome.error_code,
             error_message=outcome.error_message,
             webhook_state="pending" if webhook else None,
-            lease_until=0.0,
+            lease_until=now + lease_s if webhook else 0.0,
         )
 
     def renew(self, worker: str, progress: dict[str, int], lease_s: float) -> set[str]:
@@ -154,12 +161,30 @@ class JobStore:
 
     def claim_lapsed(self, worker: str, lease_s: float, limit: int = 16) -> list[JobRow]:
         """Take over active jobs whose holder stopped renewing (it died); oldest first."""
+        return self._claim(
+            [JobRow.status.in_(ACTIVE)],
+            worker,
+            lease_s,
+            limit,
+            status="queued",
+            progress=0,
+            attempts=JobRow.attempts + 1,
+        )
+
+    def claim_deliveries(self, worker: str, lease_s: float, limit: int = 16) -> list[JobRow]:
+        """Take over webhook deliveries whose holder died mid-retry; oldest first."""
+        pending = [JobRow.status.not_in(ACTIVE), JobRow.webhook_state == "pending"]
+        return self._claim(pending, worker, lease_s, limit)
+
+    def _claim(
+        self, conditions: list[Any], worker: str, lease_s: float, limit: int, **values: Any
+    ) -> list[JobRow]:
         now = time.time()
         claimed: list[JobRow] = []
         with translated("claim jobs"), self._sessions() as session:
             query = (
                 select(JobRow.id, JobRow.lease_until)
-                .where(JobRow.status.in_(ACTIVE), JobRow.lease_until < now)
+                .where(*conditions, JobRow.lease_until < now)
                 .order_by(JobRow.created_at)
                 .limit(limit)
             )
@@ -169,21 +194,33 @@ class JobStore:
                 # Conditional on the lease we saw: of two processes claiming at once, one wins.
                 result = session.execute(
                     update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.lease_until == lease_until, JobRow.status.in_(ACTIVE))
-                    .values(
-                        worker=worker,
-                        lease_until=now + lease_s,
-                        status="queued",
-                        progress=0,
-                        attempts=JobRow.attempts + 1,
-                        updated_at=now,
-                    )
+                    .where(JobRow.id == job_id, JobRow.lease_until == lease_until, *conditions)
+                    .values(worker=worker, lease_until=now + lease_s, updated_at=now, **values)
                 )
                 if getattr(result, "rowcount", 0):
                     row = session.get(JobRow, job_id)
                     if row is not None:
                         claimed.append(row)
         return claimed
+
+    def renew_deliveries(self, worker: str, job_ids: Iterable[str], lease_s: float) -> None:
+        """Extend this worker's leases on the webhook deliveries it is still retrying."""
+        self._deliveries(worker, job_ids, lease_until=time.time() + lease_s)
+
+    def release_deliveries(self, worker: str, job_ids: Iterable[str]) -> None:
+        """Give pending deliveries back (graceful stop): any process may finish them at once."""
+        self._deliveries(worker, job_ids, lease_until=0.0)
+
+    def _deliveries(self, worker: str, job_ids: Iterable[str], **values: object) -> None:
+        ids = list(job_ids)
+        if not ids:
+            return
+        with translated("update webhook deliveries"), self._sessions.begin() as session:
+            session.execute(
+                update(JobRow)
+                .where(JobRow.id.in_(ids), JobRow.worker == worker, JobRow.webhook_state == "pending")
+                .values(**values)
+            )
 
     def cancel(self, job_id: str, code: str, message: str) -> bool:
         """Fail an active job at its owner's request; False if it had already ended."""
@@ -197,7 +234,10 @@ class JobStore:
             error_message=message,
         )
 
-    def webhook_done(self, job_id: str, state: Literal["delivered", "failed"], attempts: int) -> None:
+    def webhook_attempted(
+        self, job_id: str, attempts: int, state: Literal["pending", "delivered", "failed"] = "pending"
+    ) -> None:
+        """Record the attempts made so far (and the final state once there is one)."""
         with translated("record the webhook delivery"), self._sessions.begin() as session:
             session.execute(
                 update(JobRow)

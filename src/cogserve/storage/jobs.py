@@ -149,15 +149,16 @@ class JobStore:
 
     def release(self, worker: str, job_ids: Iterable[str]) -> None:
         """Give jobs back (graceful stop): queued again, with a lapsed lease, for any process."""
-        ids = list(job_ids)
-        if not ids:
-            return
-        with translated("release jobs"), self._sessions.begin() as session:
-            session.execute(
-                update(JobRow)
-                .where(JobRow.id.in_(ids), JobRow.worker == worker, JobRow.status.in_(ACTIVE))
-                .values(status="queued", lease_until=0.0, progress=0, updated_at=time.time())
-            )
+        self._update_held(
+            "release jobs",
+            worker,
+            job_ids,
+            JobRow.status.in_(ACTIVE),
+            status="queued",
+            lease_until=0.0,
+            progress=0,
+            updated_at=time.time(),
+        )
 
     def claim_lapsed(self, worker: str, lease_s: float, limit: int = 16) -> list[JobRow]:
         """Take over active jobs whose holder stopped renewing (it died); oldest first."""
@@ -205,21 +206,24 @@ class JobStore:
 
     def renew_deliveries(self, worker: str, job_ids: Iterable[str], lease_s: float) -> None:
         """Extend this worker's leases on the webhook deliveries it is still retrying."""
-        self._deliveries(worker, job_ids, lease_until=time.time() + lease_s)
+        pending, until = JobRow.webhook_state == "pending", time.time() + lease_s
+        self._update_held("renew webhook deliveries", worker, job_ids, pending, lease_until=until)
 
     def release_deliveries(self, worker: str, job_ids: Iterable[str]) -> None:
         """Give pending deliveries back (graceful stop): any process may finish them at once."""
-        self._deliveries(worker, job_ids, lease_until=0.0)
+        pending = JobRow.webhook_state == "pending"
+        self._update_held("release webhook deliveries", worker, job_ids, pending, lease_until=0.0)
 
-    def _deliveries(self, worker: str, job_ids: Iterable[str], **values: object) -> None:
+    def _update_held(
+        self, doing: str, worker: str, job_ids: Iterable[str], condition: Any, **values: object
+    ) -> None:
+        """Update those of ``job_ids`` this worker still holds and that still meet ``condition``."""
         ids = list(job_ids)
         if not ids:
             return
-        with translated("update webhook deliveries"), self._sessions.begin() as session:
+        with translated(doing), self._sessions.begin() as session:
             session.execute(
-                update(JobRow)
-                .where(JobRow.id.in_(ids), JobRow.worker == worker, JobRow.webhook_state == "pending")
-                .values(**values)
+                update(JobRow).where(JobRow.id.in_(ids), JobRow.worker == worker, condition).values(**values)
             )
 
     def cancel(self, job_id: str, code: str, message: str) -> bool:

@@ -32,6 +32,9 @@ def ray_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> It
     assert stop_server(server.process) == 0, server.log.read_text()[-3000:]
 
 
+ASYNC = "/api/paas/v4/async/images/generations"
+
+
 def post(server: Server, index: int, **body: Any) -> httpx.Response:
     payload = {"model": "cogview-4", "prompt": f"harbour {index}", "size": "512x512", **body}
     return httpx.post(f"{server.url}{IMAGES}", json=payload, timeout=180)
@@ -54,6 +57,30 @@ def test_both_replicas_take_work_under_concurrent_load(ray_server: Server) -> No
     seen = replicas(ray_server)
     assert len(seen) == 2, seen
     assert all(replica["images"] > 0 for replica in seen.values()), seen
+
+
+def test_queued_async_jobs_report_their_place_in_their_replicas_queue(ray_server: Server) -> None:
+    body = {"model": "cogview-4", "prompt": "a lighthouse", "size": "1024x1024", "quality": "hd"}
+    ids = []
+    for index in range(6):  # 2 replicas run one each; the other 4 wait, 2 per replica
+        submitted = httpx.post(f"{ray_server.url}{ASYNC}", json={**body, "seed": index}, timeout=10)
+        assert submitted.status_code == 200, submitted.text
+        ids.append(submitted.json()["id"])
+    positions: set[int] = set()
+    finished: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + 180
+    while len(finished) < len(ids):
+        assert time.monotonic() < deadline, "jobs still PROCESSING"
+        for job_id in set(ids) - set(finished):
+            result = httpx.get(f"{ray_server.url}/api/paas/v4/async-result/{job_id}", timeout=10).json()
+            if result["task_status"] != "PROCESSING":
+                finished[job_id] = result
+            elif result.get("queue_position") is not None:
+                assert result["state"] == "queued" and result["progress"] == 0, result
+                positions.add(result["queue_position"])
+        time.sleep(0.1)
+    assert all(result["task_status"] == "SUCCESS" for result in finished.values()), finished
+    assert 1 in positions and positions <= {1, 2, 3, 4}, positions
 
 
 def test_a_killed_replica_loses_no_request(ray_server: Server) -> None:

@@ -282,7 +282,9 @@ class AsyncResult(AsyncTask):
         ge=0, le=100, description="Percent done, from the denoising steps; 100 when stored."
     )
     queue_position: int | None = Field(
-        None, description="While queued in this server's scheduler: 1 starts next."
+        None,
+        description="While queued: 1 starts next. Under --ray, the place in the queue of the model "
+        "replica that holds the job (each replica orders its own queue).",
     )
     created: int | None = Field(None, description="On SUCCESS: Unix time in seconds the image was made.")
     image_result: list[ImageData] | None = Field(None, description="On SUCCESS: the image (BigModel's name).")

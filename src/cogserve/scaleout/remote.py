@@ -38,6 +38,8 @@ class RemoteScheduler:
         # The replicas queue and batch; this bounds what the ingress keeps waiting on them.
         self._capacity = replicas * (settings.scheduler.max_queue + (settings.scheduler.max_batch_size or 4))
         self._waiting: set[str] = set()
+        # Place in the queue of the replica that holds the request, as that replica last reported it.
+        self._positions: dict[str, int] = {}
         self._running: set[str] = set()
         self._done = 0
         self._replicas: dict[str, dict[str, int]] = {}
@@ -67,7 +69,8 @@ class RemoteScheduler:
             )
 
     def queue_position(self, request_id: str) -> int | None:
-        return None  # each replica orders its own queue; there is no global position
+        """The place in its replica's queue (each replica orders its own; there is no global one)."""
+        return self._positions.get(request_id) if request_id in self._waiting else None
 
     def is_running(self, request_id: str) -> bool:
         return request_id in self._running
@@ -98,10 +101,12 @@ class RemoteScheduler:
                         "request %s: %s; asking another replica (try %d)", request_id, lost, attempt + 1
                     )
                     self._running.discard(request_id)
+                    self._positions.pop(request_id, None)
                     self._waiting.add(request_id)
             raise AssertionError("unreachable")
         finally:
             self._waiting.discard(request_id)
+            self._positions.pop(request_id, None)
             self._running.discard(request_id)
 
     async def _call(
@@ -116,7 +121,9 @@ class RemoteScheduler:
         stream = self._handle.generate.remote(asdict(params), request_id, remaining)
         try:
             async for item in stream:
-                if item["kind"] == "progress":
+                if item["kind"] == "queued":
+                    self._positions[request_id] = item["position"]
+                elif item["kind"] == "progress":
                     self._waiting.discard(request_id)
                     self._running.add(request_id)
                     if on_progress is not None:

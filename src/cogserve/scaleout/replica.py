@@ -1,7 +1,9 @@
 """One model replica on Ray: the engine and its own batching scheduler, answering a stream.
 
 ``generate`` yields plain dicts, so nothing but builtins and a numpy array crosses processes:
-``{"kind": "progress", "step", "total"}`` per denoising step, then either
+``{"kind": "queued", "position"}`` whenever the request's place in this replica's queue changes
+(checked every ``POSITION_POLL_S``), ``{"kind": "progress", "step", "total"}`` per denoising step,
+then either
 ``{"kind": "done", "pixels", "seed", "elapsed_s", "batch_size", "replica"}`` or
 ``{"kind": "error", "type", "message", "headers"}`` (cogserve's errors, rebuilt by the ingress).
 """
@@ -24,6 +26,9 @@ from cogserve.errors import CogserveError
 from cogserve.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: How often a waiting request's queue position is looked at (a dict lookup: cheap).
+POSITION_POLL_S = 0.25
 
 
 class ModelReplica:
@@ -62,10 +67,18 @@ class ModelReplica:
                 GenerationParams(**params), request_id, events.put_nowait, timeout_s=timeout_s
             )
         )
+        await asyncio.sleep(0)  # let the submission reach the queue, so it has a position
+        position: int | None = None
         try:
             while not work.done():
+                now = self._scheduler.queue_position(request_id)
+                if now is not None and now != position:
+                    position = now
+                    yield {"kind": "queued", "position": now}
                 waiting = asyncio.ensure_future(events.get())
-                await asyncio.wait({work, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {work, waiting}, timeout=POSITION_POLL_S, return_when=asyncio.FIRST_COMPLETED
+                )
                 if waiting.done():
                     yield _progress(waiting.result())
                 else:

@@ -145,9 +145,14 @@ def test_kill_9_under_load_loses_no_answered_image_and_the_sweep_leaves_rows_and
 
         threading.excepthook = record
         try:
+            before = len(served)
             for thread in clients:
                 thread.start()
-            time.sleep(rng.uniform(3.0, 6.0))
+            # Kill while the clients are busy: once this run has answered an image, a moment later.
+            deadline = time.monotonic() + 120
+            while len(served) == before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.5, 2.5))
             server.process.send_signal(signal.SIGKILL)
             server.process.wait(10)
             stop.set()

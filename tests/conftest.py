@@ -42,7 +42,7 @@ def make_settings(tmp_path: Path, models_dir: Path) -> Callable[..., Settings]:
     def make(**areas: dict[str, Any]) -> Settings:
         values: dict[str, Any] = {
             "storage": {"data_dir": tmp_path / "data"},
-            "model": {"builtin_dir": models_dir, "warmup": False, **TEST_STEPS},
+            "model": {"builtin_dir": models_dir, "builtin": "tiny-random", "warmup": False, **TEST_STEPS},
         }
         for area, overrides in areas.items():
             values[area] = {**values.get(area, {}), **overrides}
@@ -54,7 +54,7 @@ def make_settings(tmp_path: Path, models_dir: Path) -> Callable[..., Settings]:
 @pytest.fixture(scope="session")
 def shared_engine(models_dir: Path) -> Engine:
     """One loaded tiny pipeline for the whole session (loading is idempotent)."""
-    settings = Settings(model={"builtin_dir": models_dir})
+    settings = Settings(model={"builtin_dir": models_dir, "builtin": "tiny-random"})
     engine = create_engine(settings)
     engine.load()
     return engine

@@ -37,6 +37,14 @@ ModelPath = Annotated[
     str | None,
     typer.Option("--model-path", help="CogView4 diffusers folder or cached repo id [COGSERVE_MODEL__PATH]"),
 ]
+Builtin = Annotated[
+    str | None,
+    typer.Option(
+        "--builtin",
+        help="Built-in model when no --model-path: shapes (trained; draws flat shapes) | tiny-random "
+        "(noise; for tests) [COGSERVE_MODEL__BUILTIN]",
+    ),
+]
 AllowDownload = Annotated[
     bool | None,
     typer.Option(
@@ -118,6 +126,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to bind [COGSERVE_SERVER__PORT]")] = None,
     data_dir: DataDir = None,
     model_path: ModelPath = None,
+    builtin: Builtin = None,
     public_url: Annotated[
         str | None, typer.Option(help="Base URL of image links [COGSERVE_SERVER__PUBLIC_URL]")
     ] = None,
@@ -223,6 +232,7 @@ def serve(
         },
         model={
             "path": model_path,
+            "builtin": builtin,
             "allow_download": allow_download,
             "device": device,
             "warmup_sizes": warmup_sizes,
@@ -296,6 +306,7 @@ def generate(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="PNG to write")] = None,
     data_dir: DataDir = None,
     model_path: ModelPath = None,
+    builtin: Builtin = None,
     allow_download: AllowDownload = None,
     device: Device = None,
     dtype: DType = None,
@@ -349,7 +360,13 @@ def generate(
     from cogserve.storage.files import atomic_write
 
     settings = _settings(
-        model={"path": model_path, "allow_download": allow_download, "device": device, "dtype": dtype},
+        model={
+            "path": model_path,
+            "builtin": builtin,
+            "allow_download": allow_download,
+            "device": device,
+            "dtype": dtype,
+        },
         storage={"data_dir": data_dir},
     )
     _configure(settings, "warning")

@@ -18,6 +18,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DType = Literal["auto", "bf16", "fp32"]
 Offload = Literal["none", "model", "sequential"]
 TextEncoderQuant = Literal["none", "int8", "nf4"]
+Builtin = Literal["shapes", "tiny-random"]
+
+#: (standard steps, hd steps, guidance scale) when the settings leave them unset. CogView4-6B: the
+#: cloud API's quality levels; the built-in shapes model: what its evaluation measured as enough.
+SAMPLING_DEFAULTS: dict[str, tuple[int, int, float]] = {
+    "cogview4": (20, 50, 3.5),
+    "shapes": (10, 24, 2.0),
+    "tiny-random": (20, 50, 3.5),
+}
 
 
 def comma_list(value: Any) -> Any:
@@ -121,7 +130,13 @@ class ModelSettings(BaseModel):
     path: str | None = Field(
         None,
         description="Diffusers-layout folder (e.g. CogView4-6B) or a repo id already in the local HF "
-        "cache. Unset: the built-in tiny pipeline with random weights.",
+        "cache. Unset: a built-in model (see builtin).",
+    )
+    builtin: Builtin = Field(
+        "shapes",
+        description="The built-in model served when path is unset: shapes (trained, shipped in the "
+        "package: draws flat shapes from English or Chinese prompts) or tiny-random (random weights, "
+        "noise images: the fast fixture of the test suite).",
     )
     allow_download: bool = Field(False, description="Let a repo id be downloaded from the hub.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
@@ -130,9 +145,25 @@ class ModelSettings(BaseModel):
         default_factory=lambda: ["cogview-4", "cogview-4-250304"],
         description="Model codes a request may name; all map to the loaded pipeline.",
     )
-    standard_steps: int = Field(20, ge=1, le=200, description="Denoising steps for quality=standard.")
-    hd_steps: int = Field(50, ge=1, le=200, description="Denoising steps for quality=hd.")
-    guidance_scale: float = Field(3.5, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    standard_steps: int = Field(
+        None,  # type: ignore[assignment]  # filled with the model's default after validation
+        ge=1,
+        le=200,
+        description="Denoising steps for quality=standard. Unset: the model's default (20 for "
+        "CogView4-6B, 10 for the built-in shapes model).",
+    )
+    hd_steps: int = Field(
+        None,  # type: ignore[assignment]
+        ge=1,
+        le=200,
+        description="Denoising steps for quality=hd. Unset: the model's default (50; 24 for shapes).",
+    )
+    guidance_scale: float = Field(
+        None,  # type: ignore[assignment]
+        ge=0.0,
+        le=30.0,
+        description="Classifier-free guidance scale. Unset: the model's default (3.5; 2.0 for shapes).",
+    )
     max_prompt_chars: int = Field(4000, ge=1, description="Longest prompt accepted, in characters.")
     warmup: bool = Field(True, description="Run the warm-up generations before reporting ready.")
     warmup_sizes: Annotated[list[str], NoDecode] = Field(
@@ -160,8 +191,25 @@ class ModelSettings(BaseModel):
         "on steps whose first block barely changes (e.g. fbc:0.1; higher is faster and less exact).",
     )
     builtin_dir: Path | None = Field(
-        None, description="Where the built-in tiny model is saved. Unset: <data_dir>/models."
+        None,
+        description="Where the tiny-random built-in model is built and saved. Unset: <data_dir>/models.",
     )
+
+    @model_validator(mode="after")
+    def _sampling_defaults(self) -> ModelSettings:
+        standard, hd, guidance = SAMPLING_DEFAULTS[self.model_family]
+        if self.standard_steps is None:
+            self.standard_steps = standard
+        if self.hd_steps is None:
+            self.hd_steps = hd
+        if self.guidance_scale is None:
+            self.guidance_scale = guidance
+        return self
+
+    @property
+    def model_family(self) -> str:
+        """Which defaults apply: the built-in model's, or a CogView4 checkpoint's."""
+        return "cogview4" if self.path is not None else self.builtin
 
     @field_validator("dtype", mode="before")
     @classmethod

@@ -84,7 +84,8 @@ def test_every_warmup_bucket_runs_before_ready(
 ) -> None:
     buckets = ["512x512:2", "768x512:3", "512x1024"]
     inner = PipelineEngine(
-        ModelSettings(builtin_dir=models_dir, warmup_sizes=buckets, standard_steps=4), models_dir
+        ModelSettings(builtin_dir=models_dir, builtin="tiny-random", warmup_sizes=buckets, standard_steps=4),
+        models_dir,
     )
     ran: list[tuple[int, int, int]] = []
     real_generate = inner.generate_batch

@@ -28,6 +28,7 @@ def cli_env(models_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COGSERVE_")}
     env.update(
         COGSERVE_MODEL__BUILTIN_DIR=str(models_dir),
+        COGSERVE_MODEL__BUILTIN="tiny-random",
         COGSERVE_MODEL__STANDARD_STEPS="2",
         COGSERVE_MODEL__HD_STEPS="3",
     )

@@ -19,7 +19,7 @@ PARAMS = GenerationParams("a paper crane on a desk", 512, 512, 4, 3.5, 11)
 
 
 def engine_with(models_dir: Path, **modes: Any) -> PipelineEngine:
-    engine = PipelineEngine(ModelSettings(builtin_dir=models_dir, **modes), models_dir)
+    engine = PipelineEngine(ModelSettings(builtin_dir=models_dir, builtin="tiny-random", **modes), models_dir)
     engine.load()
     return engine
 

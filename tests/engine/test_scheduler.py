@@ -270,7 +270,7 @@ def test_lone_client_never_waits_for_company(recorder: Recorder) -> None:
 
 @pytest.fixture
 def own_engine(models_dir: Path) -> PipelineEngine:
-    engine = PipelineEngine(ModelSettings(builtin_dir=models_dir), models_dir)
+    engine = PipelineEngine(ModelSettings(builtin_dir=models_dir, builtin="tiny-random"), models_dir)
     engine.load()
     return engine
 

@@ -639,7 +639,7 @@ add(
 def _settings(data_dir: Path, models_dir: Path, **areas: dict[str, Any]) -> Settings:
     values: dict[str, dict[str, Any]] = {
         "storage": {"data_dir": data_dir},
-        "model": {"builtin_dir": models_dir, "warmup": False, **TEST_STEPS},
+        "model": {"builtin_dir": models_dir, "builtin": "tiny-random", "warmup": False, **TEST_STEPS},
     }
     for area, overrides in areas.items():
         values[area] = {**values.get(area, {}), **overrides}

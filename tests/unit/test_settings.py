@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from cogserve.settings import Settings
+from cogserve.settings import SAMPLING_DEFAULTS, Settings
 
 
 def test_env_vars_reach_nested_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,13 +23,27 @@ def test_explicit_values_beat_env_and_keep_other_env_values(monkeypatch: pytest.
 
 
 def test_defaults_follow_the_issue() -> None:
-    settings = Settings()
+    settings = Settings(model={"path": "/models/CogView4-6B"})
     assert settings.model.standard_steps == 20
     assert settings.model.hd_steps == 50
     assert settings.model.guidance_scale == 3.5
     assert settings.model.codes == ["cogview-4", "cogview-4-250304"]
     assert settings.storage.image_ttl_days == 30
     assert settings.model.allow_download is False
+
+
+def test_each_model_has_its_own_sampling_defaults_and_settings_win() -> None:
+    shapes = Settings().model
+    assert (shapes.builtin, shapes.model_family) == ("shapes", "shapes")
+    assert (shapes.standard_steps, shapes.hd_steps, shapes.guidance_scale) == SAMPLING_DEFAULTS["shapes"]
+    tiny = Settings(model={"builtin": "tiny-random"}).model
+    assert (tiny.standard_steps, tiny.hd_steps, tiny.guidance_scale) == (20, 50, 3.5)
+    given = Settings(model={"standard_steps": 5, "guidance_scale": 1.0}).model
+    assert (given.standard_steps, given.hd_steps, given.guidance_scale) == (
+        5,
+        SAMPLING_DEFAULTS["shapes"][1],
+        1.0,
+    )
 
 
 @pytest.mark.parametrize("value", ["fp16", "float16", "FP16"])

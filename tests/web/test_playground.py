@@ -18,6 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from cogserve.engine.builtin import SHAPES_EXAMPLES, SHAPES_NOTE
 from cogserve.service.jobs import CANCELLED_MESSAGE
 from cogserve.service.sizes import RECOMMENDED_SIZES
 from tests.e2e.conftest import Server, start_server, stop_server
@@ -41,8 +42,13 @@ SAVE_SCREENSHOT = os.environ.get("COGSERVE_SAVE_SCREENSHOT") == "1"
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
 ASYNC_SUBMIT = "/api/paas/v4/async/images/generations"
 TIMEOUT_MS = 30_000
-# The server skips its warm-up: readiness comes sooner, and the first image pays for it instead.
-FAST_START = {"COGSERVE_MODEL__WARMUP": "false"}
+# The server skips its warm-up: readiness comes sooner, and the first image pays for it instead. It
+# serves the built-in shapes model (the page explains it); the screenshot run uses its own step count.
+FAST_START = {
+    "COGSERVE_MODEL__WARMUP": "false",
+    "COGSERVE_MODEL__BUILTIN": "shapes",
+    **({"COGSERVE_MODEL__STANDARD_STEPS": "10"} if SAVE_SCREENSHOT else {}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +165,8 @@ def test_static_files_and_config(server: Server) -> None:
         "default_size": "1024x1024",
         "max_prompt_chars": 4000,
         "sizes": {"min": 512, "max": 2048, "multiple": 16, "max_pixels": 2**21},
+        "model_note": SHAPES_NOTE,
+        "example_prompts": list(SHAPES_EXAMPLES),
     }
     for path, content_type in [
         ("/", "text/html"),
@@ -225,6 +233,20 @@ def test_page_shows_the_config_and_checks_the_size_rules(page: Any, server: Serv
     expect(page.get_by_test_id("submit")).to_be_disabled()
 
 
+def test_the_built_in_model_is_explained_and_its_examples_fill_the_prompt(page: Any, server: Server) -> None:
+    from playwright.sync_api import expect
+
+    _open(page, server)
+    note = page.get_by_test_id("model-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("built-in shapes model")
+    examples = page.get_by_test_id("example-prompts").locator("button")
+    expect(examples).to_have_count(len(SHAPES_EXAMPLES))
+    examples.nth(1).click()
+    expect(page.get_by_test_id("prompt")).to_have_value(SHAPES_EXAMPLES[1])
+    expect(page.get_by_test_id("submit")).to_be_enabled()
+
+
 def test_generates_with_live_progress_and_keeps_a_history(page: Any, server: Server) -> None:
     from playwright.sync_api import expect
 
@@ -252,8 +274,10 @@ def test_generates_with_live_progress_and_keeps_a_history(page: Any, server: Ser
 
     if SAVE_SCREENSHOT:
         # Latin prompts only: this machine's Chromium has no CJK font to show them with.
-        _generate(page, "a paper boat on a pond, morning light", 512, 768, seed="7")
-        _generate(page, "a lighthouse on a cliff at dusk, oil painting", 768, 512, seed="2024")
+        _generate(
+            page, "a large yellow star in the top-left corner on a black background", 512, 768, seed="7"
+        )
+        _generate(page, "a green triangle at the bottom right, pink background", 768, 512, seed="2024")
         page.get_by_test_id("size").select_option("1024x1024")
         shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
         # 256 colours keep the README's image near 400 kB instead of 1 MB; the page looks the same.

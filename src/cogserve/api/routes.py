@@ -101,7 +101,7 @@ class Readiness(BaseModel):
 
     status: Literal["ready"] = Field(description="Always ready (a 503 otherwise).")
     model: str = Field(description="The loaded pipeline's name.")
-    builtin: bool = Field(description="Whether it is the built-in tiny pipeline.")
+    builtin: bool = Field(description="Whether it is a built-in model (shapes or tiny-random).")
     device: str = Field(description="Where it runs, e.g. cuda:0 or cpu.")
     dtype: str = Field(description="Its weights' dtype.")
     queued: int = Field(description="Images waiting in the scheduler's queue.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from importlib import resources
+from typing import Any
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -17,8 +18,10 @@ from starlette.responses import Response
 
 from cogserve.api.protocol import CLOSED
 from cogserve.api.routes import context, error_responses
+from cogserve.engine.builtin import SHAPES_EXAMPLES, SHAPES_NOTE
 from cogserve.errors import NotFound
 from cogserve.service.sizes import DEFAULT_SIZE, MAX_PIXELS, MAX_SIDE, MIN_SIDE, MULTIPLE, RECOMMENDED_SIZES
+from cogserve.settings import ModelSettings
 
 CONFIG_PATH = "/playground/config.json"
 
@@ -60,6 +63,12 @@ class PlaygroundConfig(BaseModel):
     default_size: str = Field(description="The size used when a request names none.")
     max_prompt_chars: int = Field(description="Longest prompt accepted, in characters (code points).")
     sizes: SizeLimits = Field(description="The rules a custom size must follow.")
+    model_note: str | None = Field(
+        None, description="What the served model can draw, when it is a built-in model with limits."
+    )
+    example_prompts: list[str] = Field(
+        default_factory=list, description="Prompts the served model draws well (may be empty)."
+    )
 
 
 router = APIRouter()
@@ -98,7 +107,15 @@ async def playground_config(request: Request) -> PlaygroundConfig:
         default_size=DEFAULT_SIZE,
         max_prompt_chars=model.max_prompt_chars,
         sizes=SizeLimits(min=MIN_SIDE, max=MAX_SIDE, multiple=MULTIPLE, max_pixels=MAX_PIXELS),
+        **_model_guide(model),
     )
+
+
+def _model_guide(model: ModelSettings) -> dict[str, Any]:
+    """The shapes model draws a small world: say what it is and offer prompts from it."""
+    if model.model_family != "shapes":
+        return {}
+    return {"model_note": SHAPES_NOTE, "example_prompts": list(SHAPES_EXAMPLES)}
 
 
 @router.get("/playground/{name}", include_in_schema=False)

@@ -1,11 +1,15 @@
-"""The built-in tiny CogView4 pipeline: real code path, random weights, no download.
+"""The built-in models: the trained shapes model shipped in the package, and a tiny random one.
 
-Every component is the class the real CogView4-6B uses, shrunk: a byte-level BPE tokenizer trained
-here on a fixed corpus (GLM-4 style specials), ``GlmModel``, ``CogView4Transformer2DModel``, a 4-level
-``AutoencoderKL`` with 16 latent channels, and the real scheduler config. It is built from a fixed
-seed, so two machines build byte-identical weights, saved once and then loaded with
-``CogView4Pipeline.from_pretrained`` like any real model. Images are noise; everything else
-(tokenise, encode, denoise, decode, seeds, callbacks) is production code.
+``cogview4-shapes-v1`` is a small CogView4 (the real classes, shrunk) trained by ``training/`` on the
+shapes world (``cogserve.shapes``); its weights ship in ``engine/weights/`` and load with
+``CogView4Pipeline.from_pretrained`` like any model, with no download.
+
+``cogview4-tiny-v1`` has random weights: every image is noise, but every step (tokenise, encode,
+denoise, decode, seeds, callbacks) is production code, at a fraction of the cost. The test suite
+uses it wherever what the picture shows does not matter. It is built from a fixed seed (a byte-level
+BPE tokenizer trained here, ``GlmModel``, ``CogView4Transformer2DModel``, a 4-level ``AutoencoderKL``
+with 16 latent channels, the real scheduler config), so two machines build byte-identical weights,
+saved once and then loaded like any model.
 """
 
 from __future__ import annotations
@@ -22,6 +26,31 @@ log = logging.getLogger(__name__)
 
 #: Bump when the recipe changes: a new version is built beside the old one, never over it.
 BUILTIN_NAME = "cogview4-tiny-v1"
+SHAPES_NAME = "cogview4-shapes-v1"
+SHAPES_PATH = Path(__file__).resolve().parent / "weights" / SHAPES_NAME
+
+#: Said at every start with the shapes model, so nobody mistakes it for CogView4-6B.
+SHAPES_NOTICE = (
+    "Serving the BUILT-IN SHAPES MODEL (cogview4-shapes-v1, a small CogView4 shipped with cogserve). "
+    "It draws one or two flat shapes (circle, square, triangle, star) in 10 colours (red, orange, "
+    "yellow, green, blue, purple, pink, white, black, grey), 3 sizes and 9 positions on a solid "
+    "background, from English or Chinese prompts; anything else still gives such a picture. For "
+    "CogView4-6B pass --model-path /path/to/CogView4-6B or a repo id in the local Hugging Face cache."
+)
+#: What the playground says while the shapes model serves.
+SHAPES_NOTE = (
+    "This server runs the built-in shapes model, not CogView4-6B: it draws one or two flat shapes "
+    "(circle, square, triangle, star) in 10 colours, 3 sizes and 9 positions on a solid background, "
+    "from English or Chinese prompts. Try one of these:"
+)
+#: Prompts the playground offers while the shapes model serves.
+SHAPES_EXAMPLES = (
+    "a red circle on a blue background",
+    "a large yellow star in the top-left corner on a black background",
+    "a small white square at the bottom right, and a green triangle at the top left, grey background",
+    "蓝色背景上，中间有一个大的橙色三角形",
+    "左上角有一个粉色的圆形，右下角有一个紫色的正方形，白色背景",
+)
 BUILD_SEED = 20250304
 
 # The scheduler config of the real CogView4-6B (reference/cogview4-model.md).

@@ -6,7 +6,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from cogserve.engine.builtin import BUILTIN_NAME, ensure_builtin_model
+from cogserve.engine.builtin import (
+    BUILTIN_NAME,
+    SHAPES_NAME,
+    SHAPES_NOTICE,
+    SHAPES_PATH,
+    ensure_builtin_model,
+)
 from cogserve.engine.modes import check_modes, place_and_apply, quantization_config
 from cogserve.errors import ConfigError
 from cogserve.settings import ModelSettings
@@ -14,8 +20,9 @@ from cogserve.settings import ModelSettings
 log = logging.getLogger(__name__)
 
 BUILTIN_WARNING = (
-    "Using the BUILT-IN TINY CogView4 model: it has RANDOM WEIGHTS, so every image is noise. "
-    "It exists so cogserve runs with no download. For real images pass --model-path "
+    "Using the BUILT-IN TINY RANDOM CogView4 model: it has RANDOM WEIGHTS, so every image is noise. "
+    "It exists to test cogserve quickly; the built-in shapes model (--builtin shapes) draws. For "
+    "real images pass --model-path "
     "/path/to/CogView4-6B (a diffusers-layout folder) or a repo id already in the local Hugging Face "
     "cache, e.g. --model-path zai-org/CogView4-6B."
 )
@@ -50,11 +57,18 @@ def resolve_dtype(requested: str, device: str) -> Any:
     raise ConfigError(f"unsupported dtype '{requested}': use auto, bf16 or fp32")
 
 
-def locate_model(settings: ModelSettings, models_dir: Path) -> tuple[str, bool]:
-    """Return (what to pass to from_pretrained, whether it is the built-in model)."""
-    if settings.path is None:
-        return str(ensure_builtin_model(models_dir)), True
-    return _locate_given(settings.path, settings.allow_download), False
+def locate_model(settings: ModelSettings, models_dir: Path) -> tuple[str, str | None]:
+    """Return (what to pass to from_pretrained, the built-in model's name or None)."""
+    if settings.path is not None:
+        return _locate_given(settings.path, settings.allow_download), None
+    if settings.builtin == "tiny-random":
+        return str(ensure_builtin_model(models_dir)), BUILTIN_NAME
+    if not (SHAPES_PATH / "model_index.json").is_file():
+        raise ConfigError(
+            f"the built-in shapes model is missing from this installation ({SHAPES_PATH}); "
+            "reinstall cogserve, or rebuild it with `python -m training.train` from a source checkout"
+        )
+    return str(SHAPES_PATH), SHAPES_NAME
 
 
 def _locate_given(given: str, allow_download: bool) -> str:
@@ -104,13 +118,16 @@ def _quiet_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def load_pipeline(settings: ModelSettings, models_dir: Path, device: str) -> tuple[Any, bool]:
+def load_pipeline(settings: ModelSettings, models_dir: Path, device: str) -> tuple[Any, str | None]:
+    """The pipeline, and the built-in model's name (None for a given model)."""
     from diffusers import CogView4Pipeline
 
     _quiet_progress_bars()
     source, builtin = locate_model(settings, models_dir)
-    if builtin:
+    if builtin == BUILTIN_NAME:
         log.warning(BUILTIN_WARNING)
+    elif builtin == SHAPES_NAME:
+        log.warning(SHAPES_NOTICE)
     dtype = resolve_dtype(settings.dtype, device)
     check_modes(settings, device)
     try:
@@ -124,5 +141,5 @@ def load_pipeline(settings: ModelSettings, models_dir: Path, device: str) -> tup
         raise ConfigError(f"cannot load model '{source}': {exc}") from exc
     place_and_apply(pipe, settings, device)
     pipe.set_progress_bar_config(disable=True)
-    log.info("loaded %s on %s (%s)", BUILTIN_NAME if builtin else source, device, str(dtype))
+    log.info("loaded %s on %s (%s)", builtin or source, device, str(dtype))
     return pipe, builtin

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cogserve.engine.builtin import BUILTIN_NAME
 from cogserve.engine.loader import load_pipeline, resolve_device
 from cogserve.engine.types import BatchItem, GenerationOutput, GenerationParams, ModelInfo, generate_one
 from cogserve.errors import ConfigError, GenerationFailed, Interrupted, OutOfMemory
@@ -44,8 +43,8 @@ class PipelineEngine:
         device = resolve_device(self._settings.device)
         self._pipe, builtin = load_pipeline(self._settings, self._models_dir, device)
         self._info = ModelInfo(
-            name=BUILTIN_NAME if builtin else str(self._settings.path),
-            builtin=builtin,
+            name=builtin or str(self._settings.path),
+            builtin=builtin is not None,
             device=device,
             dtype=str(self._pipe.transformer.dtype).removeprefix("torch."),
         )

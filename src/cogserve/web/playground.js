@@ -403,11 +403,38 @@
       input.max = String(config.sizes.max);
       input.step = String(config.sizes.multiple);
     }
+    showModelNote(config.model_note, config.example_prompts || []);
     ui.authField.hidden = !config.auth_required;
     if (config.auth_required) ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
     ui.status.textContent = config.auth_required ? "API key required" : "open mode · no key needed";
     ui.status.dataset.state = "ready";
     validate();
+  }
+
+  // A built-in model with a small world says what it draws; each example fills the prompt.
+  function showModelNote(note, examples) {
+    const box = $("model-note");
+    if (!note) {
+      box.hidden = true;
+      return;
+    }
+    $("model-note-text").textContent = note;
+    const list = $("example-prompts");
+    list.replaceChildren(
+      ...examples.map((text) => {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "example";
+        button.textContent = text;
+        button.addEventListener("click", () => {
+          ui.prompt.value = text;
+          validate();
+          ui.prompt.focus();
+        });
+        return button;
+      }),
+    );
+    box.hidden = false;
   }
 
   function wire() {

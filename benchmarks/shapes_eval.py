@@ -1,0 +1,154 @@
+"""Evaluate the built-in shapes model: generate from held-out captions, judge each picture's pixels.
+
+Every caption comes from a template never used in training; the "held-out scenes" row draws only
+scenes training never showed (purple stars; large shapes in the bottom-right cell). Each picture is
+judged from its pixels (``cogserve.shapes.judge``): background colour, shape colour, shape class,
+centre cell, size, and the share of pixels that belong to no colour of the scene (edges aside).
+Images go through the serving engine (``PipelineEngine``) exactly as the server makes them.
+
+    python benchmarks/shapes_eval.py                       # the full table (about 15 min on 2 cores)
+    python benchmarks/shapes_eval.py --cases 8 --rows 512  # a quick look
+    python benchmarks/shapes_eval.py --model-path /tmp/preview   # a model folder instead
+
+Prints a Markdown table: one row per (size, language, shapes, quality), shares in percent, and the
+median seconds per image. Never fails on a score or a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cogserve.engine.runner import PipelineEngine
+from cogserve.engine.types import GenerationParams, generate_one
+from cogserve.settings import ModelSettings
+from cogserve.shapes.evaluation import Case, Tally, cases
+from cogserve.shapes.judge import judge, verdict
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    group: str  # which --rows selects it
+    width: int
+    height: int
+    quality: str = "standard"
+    shapes: int = 1
+    languages: tuple[str, ...] = ("en",)
+    held_out_scenes: bool = False
+    scale: float = 1.0  # share of --cases (big sizes are slow on a CPU)
+
+
+ROWS = (
+    Row("1 shape, 512², English", "512", 512, 512),
+    Row("1 shape, 512², Chinese", "512", 512, 512, languages=("zh",)),
+    Row("1 shape, 512², held-out scenes", "512", 512, 512, languages=("en", "zh"), held_out_scenes=True),
+    Row("1 shape, 512², hd", "512", 512, 512, quality="hd", languages=("en", "zh"), scale=0.5),
+    Row("2 shapes, 512²", "512", 512, 512, shapes=2, languages=("en", "zh")),
+    Row("1 shape, 1024²", "big", 1024, 1024, languages=("en", "zh"), scale=0.25),
+    Row("1 shape, 768×1344", "big", 768, 1344, languages=("en", "zh"), scale=0.25),
+    Row("1 shape, 1344×768", "big", 1344, 768, languages=("en", "zh"), scale=0.25),
+)
+
+
+def run_row(
+    engine: PipelineEngine, settings: ModelSettings, row: Row, count: int, failures: Path | None
+) -> Tally:
+    tally, times = Tally(), []
+    steps = settings.hd_steps if row.quality == "hd" else settings.standard_steps
+    row_cases: list[Case] = cases(
+        count,
+        row.width,
+        row.height,
+        shapes=row.shapes,
+        languages=row.languages,  # type: ignore[arg-type]
+        held_out_scenes=row.held_out_scenes,
+    )
+    for i, case in enumerate(row_cases):
+        params = GenerationParams(
+            case.caption.text, case.width, case.height, steps, settings.guidance_scale, case.seed
+        )
+        started = time.perf_counter()
+        image = generate_one(engine, params).image
+        seconds = time.perf_counter() - started
+        times.append(seconds)
+        judgement = judge(image)
+        result = verdict(judgement, case.scene.background, case.caption.mentions)
+        tally.add(result, judgement.unclean, seconds)
+        if failures is not None and not result.all_right:
+            failures.mkdir(parents=True, exist_ok=True)
+            image.save(failures / f"{row.group}-{row.width}x{row.height}-{i:03d}.png")
+            print(f"  miss: {case.caption.text!r} -> {judgement}", file=sys.stderr)
+    tally.seconds = statistics.median(times) * len(times) if times else 0.0
+    return tally
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cases", type=int, default=40, help="cases per 512² row (big sizes get fewer)")
+    parser.add_argument("--rows", choices=("all", "512", "big"), default="all")
+    parser.add_argument("--model-path", help="a model folder instead of the built-in shapes model")
+    parser.add_argument("--standard-steps", type=int)
+    parser.add_argument("--hd-steps", type=int)
+    parser.add_argument("--guidance", type=float)
+    parser.add_argument("--failures", type=Path, help="save the pictures that missed here")
+    args = parser.parse_args()
+
+    overrides = {
+        key: value
+        for key, value in (
+            ("standard_steps", args.standard_steps),
+            ("hd_steps", args.hd_steps),
+            ("guidance_scale", args.guidance),
+        )
+        if value is not None
+    }
+    settings = ModelSettings(device="cpu", warmup=False, **overrides)  # type: ignore[arg-type]
+    # A --model-path folder trained like the shapes model keeps the shapes model's sampling defaults.
+    served = settings.model_copy(update={"path": args.model_path}) if args.model_path else settings
+    engine = PipelineEngine(served, Path(tempfile.gettempdir()))
+    started = time.perf_counter()
+    engine.load()
+    print(f"model {engine.info.name}: loaded in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    print(
+        f"standard {settings.standard_steps} steps, hd {settings.hd_steps} steps, "
+        f"guidance {settings.guidance_scale}",
+        file=sys.stderr,
+    )
+    header = (
+        "row",
+        "cases",
+        "background",
+        "colour",
+        "shape",
+        "position",
+        "size",
+        "all right",
+        "unclean px",
+        "p50 s",
+    )
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in ROWS:
+        if args.rows not in ("all", row.group):
+            continue
+        count = max(2, round(args.cases * row.scale))
+        shares = run_row(engine, settings, row, count, args.failures).shares()
+        cells = [f"{shares[k]:.0f}" for k in ("background", "colour", "shape", "position", "size", "all")]
+        print(
+            f"| {row.name} | {count} | "
+            + " | ".join(cells)
+            + f" | {shares['unclean']:.1f} | {shares['s/image']:.2f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

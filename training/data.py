@@ -1,0 +1,178 @@
+"""The dataset, generated on the fly and deterministic: batch ``k`` of a stage depends only on its seed.
+
+Pictures are rendered exactly (``cogserve.shapes.world.render``) at several aspect ratios; each comes
+with a caption in English or Chinese from the training templates. Held-out colour/shape and
+size/position combinations and held-out templates never appear here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cogserve.shapes.captions import Caption, describe, off_world
+from cogserve.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render, sample_scene
+
+#: (height, width) in pixels, with the share of steps each gets. Low resolutions carry most of the
+#: training: CogView4's RoPE scales positions to the grid, so the layout carries over to 512-2048 px.
+BUCKETS: tuple[tuple[int, int, float], ...] = (
+    (128, 128, 0.30),
+    (112, 192, 0.12),
+    (192, 112, 0.12),
+    (160, 160, 0.12),
+    (128, 224, 0.06),
+    (224, 128, 0.06),
+    (192, 192, 0.10),
+    (256, 256, 0.12),
+)
+#: Images per step at 128x128; other buckets keep the token count about the same.
+BASE_BATCH = 32
+
+
+def pick_bucket(rng: random.Random, buckets: tuple[tuple[int, int, float], ...] = BUCKETS) -> tuple[int, int]:
+    height, width, _ = rng.choices(buckets, weights=[b[2] for b in buckets])[0]
+    return height, width
+
+
+def batch_size_for(height: int, width: int, base: int = BASE_BATCH) -> int:
+    return max(2, round(base * 128 * 128 / (height * width)))
+
+
+def to_tensor(images: list[object]) -> torch.Tensor:
+    """PIL pictures -> a (B, 3, H, W) float tensor in [-1, 1], as the VAE takes them."""
+    array = np.stack([np.asarray(image, dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def pictures(rng: random.Random, count: int, height: int, width: int) -> tuple[list[Scene], torch.Tensor]:
+    scenes = [sample_scene(rng, width / height) for _ in range(count)]
+    return scenes, to_tensor([render(scene, width, height) for scene in scenes])
+
+
+def crops(rng: random.Random, count: int, side: int) -> torch.Tensor:
+    """Square crops of pictures rendered at 128-384 px: the VAE sees edges and flat areas at the
+    scales it meets at 512-2048 px, for a fraction of a whole picture's cost."""
+    images = []
+    for _ in range(count):
+        height, width = rng.randrange(128, 385, 16), rng.randrange(128, 385, 16)
+        picture = render(sample_scene(rng, width / height), width, height)
+        left, top = rng.randrange(width - side + 1), rng.randrange(height - side + 1)
+        images.append(picture.crop((left, top, left + side, top + side)))
+    return to_tensor(images)
+
+
+# --- captions and the text encoder's auxiliary targets -----------------------------------------
+UNSAID = -1  # "the caption does not say": mapped to the last class of each head
+
+
+@dataclass(frozen=True)
+class Head:
+    name: str
+    classes: int
+
+
+#: background, shape count, then colour/shape/size/position of the first and second shape named.
+HEADS: tuple[Head, ...] = (
+    Head("background", len(COLOURS) + 1),
+    Head("count", 3),
+    *(
+        Head(f"{attribute}{slot}", classes + 1)
+        for slot in (1, 2)
+        for attribute, classes in (
+            ("colour", len(COLOURS)),
+            ("shape", len(SHAPES)),
+            ("size", len(SIZES)),
+            ("position", len(POSITIONS)),
+        )
+    ),
+)
+
+
+def targets(caption: Caption) -> list[int]:
+    """One class per head; the last class of a head means "not said" (or "no such shape")."""
+
+    def index(options: tuple[str, ...], value: str | None) -> int:
+        return len(options) if value is None else options.index(value)
+
+    labels = [index(COLOURS, caption.background), len(caption.mentions) - 1 if caption.mentions else 2]
+    for slot in range(2):
+        m = caption.mentions[slot] if slot < len(caption.mentions) else None
+        labels += [
+            index(COLOURS, m.colour if m else None),
+            index(SHAPES, m.shape if m else None),  # type: ignore[arg-type]
+            index(SIZES, m.size if m else None),  # type: ignore[arg-type]
+            index(POSITIONS, m.position if m else None),
+        ]
+    return labels
+
+
+def caption_for(rng: random.Random, scene: Scene, *, unconditional: float = 0.1) -> Caption:
+    """A training caption: ``unconditional`` of them empty (for classifier-free guidance), a few
+    outside the world, the rest from the training templates, 55 % English."""
+    language = "en" if rng.random() < 0.55 else "zh"
+    roll = rng.random()
+    if roll < unconditional:
+        return Caption("", language, -1, None, ())
+    if roll < unconditional + 0.03:
+        return off_world(rng, language)
+    return describe(scene, rng, language, keep=rng.choice((0.6, 0.85, 1.0, 1.0)))
+
+
+def tokenize(tokenizer: object, texts: list[str], extra_pad: int = 0) -> torch.Tensor:
+    """Token ids exactly as CogView4Pipeline makes them: left-padded to the longest, then to x16."""
+    ids = tokenizer(texts, padding="longest", return_tensors="pt").input_ids  # type: ignore[operator]
+    pad_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
+    length = ids.shape[1] + extra_pad
+    length += (16 - length % 16) % 16
+    if length > ids.shape[1]:
+        pad = torch.full((ids.shape[0], length - ids.shape[1]), pad_id, dtype=ids.dtype)
+        ids = torch.cat([pad, ids], dim=1)
+    return ids
+
+
+class LatentBank:
+    """Scenes with their VAE latents, encoded once per bucket and kept on disk beside the checkpoints.
+
+    The transformer stage draws its pictures from here (captions are still drawn afresh each time),
+    which takes rendering and the VAE encoder out of every step.
+    """
+
+    def __init__(self, vae: torch.nn.Module, scale: float, folder: Path, per_bucket: int) -> None:
+        self._vae, self._scale, self._folder, self._per_bucket = vae, scale, folder, per_bucket
+        self._banks: dict[tuple[int, int], tuple[list[Scene], torch.Tensor]] = {}
+
+    def _bank(self, height: int, width: int) -> tuple[list[Scene], torch.Tensor]:
+        key = (height, width)
+        if key in self._banks:
+            return self._banks[key]
+        count = self._per_bucket * batch_size_for(height, width) // BASE_BATCH
+        path = self._folder / f"latents-{height}x{width}-{count}.pt"
+        if path.is_file():
+            saved = torch.load(path, weights_only=False)
+            self._banks[key] = (saved["scenes"], saved["latents"])
+            return self._banks[key]
+        rng = random.Random(f"bank-{height}x{width}")
+        scenes, chunks = [], []
+        with torch.no_grad():
+            for start in range(0, count, 64):
+                batch_scenes, images = pictures(rng, min(64, count - start), height, width)
+                scenes += batch_scenes
+                chunks.append(self._vae.encode(images).latent_dist.mean * self._scale)  # type: ignore[operator]
+        latents = torch.cat(chunks)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"scenes": scenes, "latents": latents}, tmp)
+        os.replace(tmp, path)
+        self._banks[key] = (scenes, latents)
+        return self._banks[key]
+
+    def batch(
+        self, rng: random.Random, height: int, width: int, count: int
+    ) -> tuple[list[Scene], torch.Tensor]:
+        scenes, latents = self._bank(height, width)
+        picks = [rng.randrange(len(scenes)) for _ in range(count)]
+        return [scenes[i] for i in picks], latents[picks]

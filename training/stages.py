@@ -1,0 +1,284 @@
+"""The three training stages of the built-in model, each resumable from its last checkpoint.
+
+1. VAE: reconstruct random pictures (random sizes: the VAE is convolutional, so crops suffice).
+2. Text encoder: from the second-to-last hidden state (what CogView4Pipeline hands the transformer),
+   attention-pooling heads predict what the caption says (background, count, and each named
+   shape's colour, shape, size, position, or "not said"). A text encoder that already separates
+   these lets the transformer learn layout instead of reading.
+3. Transformer: rectified-flow (velocity) loss on the frozen VAE's latents, conditioned on the frozen
+   text encoder; several aspect ratios and sizes; an EMA copy is what ships.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training import data
+
+log = logging.getLogger("training")
+
+SEED = 20261130
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+def save_atomic(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    return torch.load(path, weights_only=False) if path.is_file() else None
+
+
+def run_loop(
+    name: str,
+    path: Path,
+    total_steps: int,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    step_fn: Callable[[int], dict[str, float]],
+    *,
+    every: int = 250,
+    extra_state: Callable[[], dict[str, Any]] = dict,
+    restore_extra: Callable[[dict[str, Any]], None] = lambda state: None,
+    warmup: int = 200,
+    base_lr: float = 1e-3,
+) -> None:
+    """Steps ``start..total_steps`` of one stage; checkpoints every ``every`` steps and at the end."""
+    state = load(path)
+    start = 0
+    if state is not None:
+        for key, module in modules.items():
+            module.load_state_dict(state[key])
+        optimizer.load_state_dict(state["optimizer"])
+        restore_extra(state)
+        start = state["step"]
+        log.info("%s: resuming at step %d of %d", name, start, total_steps)
+    started, window = time.perf_counter(), []
+    for step in range(start, total_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = base_lr * min(1.0, (step + 1) / warmup)
+        window.append(step_fn(step))
+        done = step + 1
+        if done % 50 == 0 or done == total_steps:
+            means = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            rate = len(window) / (time.perf_counter() - started)
+            log.info(
+                "%s %d/%d %s (%.2f steps/s)",
+                name,
+                done,
+                total_steps,
+                " ".join(f"{k}={v:.4f}" for k, v in means.items()),
+                rate,
+            )
+            started, window = time.perf_counter(), []
+        if done % every == 0 or done == total_steps:
+            save_atomic(
+                {
+                    "step": done,
+                    "optimizer": optimizer.state_dict(),
+                    **{k: m.state_dict() for k, m in modules.items()},
+                    **extra_state(),
+                },
+                path,
+            )
+
+
+# --- 1. VAE ---------------------------------------------------------------------------------------
+def train_vae(vae: nn.Module, work: Path, steps: int) -> None:
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng = random.Random(SEED * 7 + step)
+        images = data.crops(rng, 12, rng.choice((64, 80, 96)))
+        posterior = vae.encode(images).latent_dist  # type: ignore[operator]
+        latents = posterior.sample(generator=torch.Generator().manual_seed(step))
+        # A decoder that tolerates small latent errors forgives the transformer's.
+        latents = latents + 0.05 * torch.randn_like(latents)
+        recon = vae.decode(latents).sample  # type: ignore[operator]
+        l1 = F.l1_loss(recon, images)
+        mse = F.mse_loss(recon, images)
+        kl = posterior.kl().mean() / images[0].numel()
+        loss = l1 + mse + 1e-4 * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        return {"l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+    vae.train()
+    run_loop("vae", work / "vae.pt", steps, {"vae": vae}, optimizer, step_fn, base_lr=1e-3)
+    vae.eval()
+
+
+@torch.no_grad()
+def latent_scale(vae: nn.Module, samples: int = 256) -> float:
+    """1 / the spread of the VAE's latents, so the transformer sees unit-variance latents."""
+    rng = random.Random(SEED * 11)
+    _, images = data.pictures(rng, samples, 128, 128)
+    latents = vae.encode(images).latent_dist.mean  # type: ignore[operator]
+    return float(1.0 / latents.std())
+
+
+# --- 2. text encoder ------------------------------------------------------------------------------
+class CaptionHeads(nn.Module):
+    """One learned query per head attends over the tokens; a linear layer reads the pooled vector."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(len(data.HEADS), hidden) / math.sqrt(hidden))
+        self.keys = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.classifiers = nn.ModuleList(nn.Linear(hidden, head.classes) for head in data.HEADS)
+
+    def forward(self, states: torch.Tensor) -> list[torch.Tensor]:
+        states = self.norm(states)
+        scores = torch.einsum("hd,btd->bht", self.queries, self.keys(states)) / math.sqrt(states.shape[-1])
+        pooled = torch.einsum("bht,btd->bhd", scores.softmax(-1), states)
+        return [classifier(pooled[:, i]) for i, classifier in enumerate(self.classifiers)]
+
+
+def text_states(text_encoder: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """What CogView4Pipeline hands the transformer: the second-to-last hidden state."""
+    return text_encoder(ids, output_hidden_states=True).hidden_states[-2]  # type: ignore[no-any-return]
+
+
+def train_text(text_encoder: nn.Module, tokenizer: Any, work: Path, steps: int) -> float:
+    heads = CaptionHeads(text_encoder.config.hidden_size)  # type: ignore[union-attr]
+    params = list(text_encoder.parameters()) + list(heads.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    accuracy = {"value": 0.0}
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng = random.Random(SEED * 13 + step)
+        captions = []
+        for _ in range(64):
+            scene = data.sample_scene(rng, rng.choice((1.0, 0.6, 1.7)))
+            captions.append(data.caption_for(rng, scene, unconditional=0.05))
+        ids = data.tokenize(tokenizer, [c.text for c in captions], extra_pad=rng.randrange(0, 24))
+        labels = torch.tensor([data.targets(c) for c in captions])
+        labels = torch.where(labels < 0, 0, labels)
+        logits = heads(text_states(text_encoder, ids))
+        loss = sum(F.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        hits = torch.stack([lg.argmax(-1) == labels[:, i] for i, lg in enumerate(logits)], 1)
+        accuracy["value"] = hits.all(1).float().mean().item()
+        return {"loss": float(loss), "exact": accuracy["value"]}
+
+    text_encoder.train()
+    run_loop(
+        "text",
+        work / "text.pt",
+        steps,
+        {"text_encoder": text_encoder, "heads": heads},
+        optimizer,
+        step_fn,
+        base_lr=1e-3,
+    )
+    text_encoder.eval()
+    return accuracy["value"]
+
+
+# --- 3. transformer -------------------------------------------------------------------------------
+def zero_init(transformer: nn.Module) -> None:
+    """Start every block as the identity and the output at zero (the DiT recipe): much faster early
+    training than diffusers' default init for a model trained from scratch."""
+    for block in transformer.transformer_blocks:  # type: ignore[union-attr]
+        nn.init.zeros_(block.norm1.linear.weight)
+        nn.init.zeros_(block.norm1.linear.bias)
+    nn.init.zeros_(transformer.proj_out.weight)  # type: ignore[union-attr,arg-type]
+    nn.init.zeros_(transformer.proj_out.bias)  # type: ignore[union-attr,arg-type]
+
+
+def sample_sigmas(rng: torch.Generator, count: int) -> torch.Tensor:
+    """Logit-normal noise levels, shifted like CogView4's sampler does at 256-4096 image tokens."""
+    u = torch.sigmoid(torch.randn(count, generator=rng))
+    mu = 1.0 + 2.0 * torch.rand(count, generator=rng)
+    return mu * u / (1 + (mu - 1) * u)
+
+
+def train_transformer(
+    transformer: nn.Module,
+    ema: nn.Module,
+    text_encoder: nn.Module,
+    vae: nn.Module,
+    tokenizer: Any,
+    scale: float,
+    work: Path,
+    steps: int,
+    buckets: tuple[tuple[int, int, float], ...] = data.BUCKETS,
+    base_batch: int = data.BASE_BATCH,
+    lr: float = 1e-3,
+    bank_size: int = 8192,
+) -> None:
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    for module in (text_encoder, vae, ema):
+        module.requires_grad_(False)
+    bank = data.LatentBank(vae, scale, work, per_bucket=bank_size)
+
+    def step_fn(step: int) -> dict[str, float]:
+        rng = random.Random(SEED * 17 + step)
+        noise_rng = torch.Generator().manual_seed(SEED * 19 + step)
+        height, width = data.pick_bucket(rng, buckets)
+        count = data.batch_size_for(height, width, base_batch)
+        scenes, latents = bank.batch(rng, height, width, count)
+        captions = [data.caption_for(rng, scene) for scene in scenes]
+        with torch.no_grad():
+            states = text_states(text_encoder, data.tokenize(tokenizer, [c.text for c in captions]))
+        sigmas = sample_sigmas(noise_rng, count)
+        noise = torch.randn(latents.shape, generator=noise_rng)
+        s = sigmas.view(-1, 1, 1, 1)
+        noisy = (1 - s) * latents + s * noise
+        size = torch.tensor([[height, width]] * count, dtype=torch.float32)
+        prediction = transformer(  # type: ignore[operator]
+            hidden_states=noisy,
+            encoder_hidden_states=states,
+            timestep=sigmas * 1000,
+            original_size=size,
+            target_size=size,
+            crop_coords=torch.zeros(count, 2),
+            return_dict=False,
+        )[0]
+        loss = F.mse_loss(prediction, noise - latents)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        optimizer.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), transformer.parameters(), strict=True):
+                e.lerp_(p, 1 - decay)
+        return {"loss": loss.item()}
+
+    transformer.train()
+    run_loop(
+        "transformer",
+        work / "transformer.pt",
+        steps,
+        {"transformer": transformer, "ema": ema},
+        optimizer,
+        step_fn,
+        base_lr=lr,
+        warmup=300,
+    )
+    transformer.eval()
+
+
+def ema_copy(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module).eval()

@@ -1,0 +1,123 @@
+"""Train the built-in shapes model and export it as a diffusers CogView4 pipeline folder.
+
+    python -m training.train                      # everything, resuming where it stopped
+    python -m training.train --steps 30000        # train the transformer further
+    python -m training.train --quick --work /tmp/t --out /tmp/t/model   # a smoke run (seconds)
+
+The work folder keeps one checkpoint per stage (weights, optimizer, EMA, step); every stage resumes
+from its own, and the data stream is a function of the step, so an interrupted run continues exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from training import data, recipe, stages
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_WORK = REPO / "training" / "checkpoints"
+DEFAULT_OUT = REPO / "src" / "cogserve" / "engine" / "weights" / "cogview4-shapes-v1"
+log = logging.getLogger("training")
+
+
+def load_tokenizer(work: Path) -> object:
+    from transformers import PreTrainedTokenizerFast
+
+    folder = work / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer = recipe.build_tokenizer()
+    tokenizer.save_pretrained(folder)  # type: ignore[attr-defined]
+    return tokenizer
+
+
+def export(tokenizer: object, text_encoder: object, vae: object, transformer: object, out: Path) -> None:
+    """Save a pipeline folder that ``CogView4Pipeline.from_pretrained`` loads; atomically replaced."""
+    from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
+
+    from cogserve.engine.builtin import SCHEDULER_CONFIG
+
+    pipe = CogView4Pipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log.info("exported %s (%.1f MB)", out, size / 1e6)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoint folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pipeline folder goes")
+    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--text-steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=20000, help="transformer steps")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument("--quick", action="store_true", help="a few steps of each stage: a smoke run")
+    parser.add_argument(
+        "--export-only", action="store_true", help="export the checkpoints as they are (training may run on)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.vae_steps, args.text_steps, args.steps = 3, 3, 3
+    if args.export_only:
+        missing = [n for n in ("vae.pt", "text.pt", "transformer.pt") if not (args.work / n).is_file()]
+        if missing:
+            parser.error(f"no checkpoint to export in {args.work}: {', '.join(missing)} missing")
+        args.vae_steps = args.text_steps = args.steps = 0
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(stages.SEED)
+    tokenizer = load_tokenizer(args.work)
+    text_encoder = recipe.build_text_encoder(len(tokenizer), tokenizer.pad_token_id)  # type: ignore[arg-type,attr-defined]
+    vae = recipe.build_vae()
+    transformer = recipe.build_transformer()
+    stages.zero_init(transformer)  # type: ignore[arg-type]
+    ema = stages.ema_copy(transformer)  # type: ignore[arg-type]
+
+    stages.train_vae(vae, args.work, args.vae_steps)  # type: ignore[arg-type]
+    scale = stages.latent_scale(vae, 16 if args.quick else 256)  # type: ignore[arg-type]
+    vae.register_to_config(scaling_factor=scale)  # type: ignore[attr-defined]
+    log.info("latent scaling factor %.4f", scale)
+    stages.train_text(text_encoder, tokenizer, args.work, args.text_steps)  # type: ignore[arg-type]
+    stages.train_transformer(
+        transformer,  # type: ignore[arg-type]
+        ema,
+        text_encoder,  # type: ignore[arg-type]
+        vae,  # type: ignore[arg-type]
+        tokenizer,
+        scale,
+        args.work,
+        args.steps,
+        base_batch=4 if args.quick else data.BASE_BATCH,
+        bank_size=64 if args.quick else 8192,
+    )
+    export(tokenizer, text_encoder, vae, ema, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -103,7 +103,10 @@ def train_vae(vae: nn.Module, work: Path, steps: int) -> None:
 
     def step_fn(step: int) -> dict[str, float]:
         rng = random.Random(SEED * 7 + step)
-        images = data.crops(rng, 12, rng.choice((64, 80, 96)))
+        if step % 3 == 2:  # whole pictures too: the decoder meets whole pictures' statistics
+            _, images = data.pictures(rng, 8, rng.choice((96, 128)), rng.choice((96, 128)))
+        else:
+            images = data.crops(rng, 12, rng.choice((64, 80, 96)))
         posterior = vae.encode(images).latent_dist  # type: ignore[operator]
         latents = posterior.sample(generator=torch.Generator().manual_seed(step))
         # A decoder that tolerates small latent errors forgives the transformer's.

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pipeline folder goes")
     parser.add_argument("--vae-steps", type=int, default=3000)
     parser.add_argument("--text-steps", type=int, default=1500)
-    parser.add_argument("--steps", type=int, default=20000, help="transformer steps")
+    parser.add_argument("--steps", type=int, default=30000, help="transformer steps (in all, not more)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage: a smoke run")
     parser.add_argument(

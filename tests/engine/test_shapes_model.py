@@ -1,7 +1,12 @@
-"""The shipped shapes model draws what it is asked: pictures judged from their pixels.
+"""The shipped shapes model: what it draws, judged from its pixels, and how it behaves.
 
-These run the trained weights in ``engine/weights/`` through the serving engine at the model's own
-step defaults; the rest of the suite uses the tiny random model, where only the code path matters.
+These run the weights in ``engine/weights/`` through the serving engine at the model's own step
+defaults; the rest of the suite uses the tiny random model, where only the code path matters.
+
+The model is still in training. The two tests of *what* it draws are strict expected failures until
+the shipped checkpoint meets its targets (``benchmarks/shapes_eval.py``, docs/builtin-model.md):
+when a better checkpoint makes them pass, the suite goes red until the marks are removed and the
+shapes model becomes the default.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from cogserve.shapes.judge import judge, verdict
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ModelSettings(device="cpu", warmup=False)
+SETTINGS = ModelSettings(builtin="shapes", device="cpu", warmup=False)
+IN_TRAINING = pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="the shipped checkpoint is still in training (docs/builtin-model.md)",
+)
 
 #: (prompt, width, height, background, shapes asked for) — a user's sentences, not training captions.
 CASES = [
@@ -70,6 +80,7 @@ def draw(engine: PipelineEngine, prompt: str, width: int, height: int, seed: int
     return generate_one(engine, params).image
 
 
+@IN_TRAINING
 @pytest.mark.parametrize(
     ("prompt", "width", "height", "background", "shapes"), CASES, ids=[c[0][:24] for c in CASES]
 )
@@ -85,15 +96,20 @@ def test_draws_what_the_prompt_asks(
     assert all(j.unclean < 0.05 for _, j in verdicts), verdicts
 
 
-def test_same_seed_same_picture_other_seed_other_picture(engine: PipelineEngine) -> None:
+def test_same_seed_same_picture(engine: PipelineEngine) -> None:
+    first = np.asarray(draw(engine, "a circle", 512, 512, 7))
+    assert np.array_equal(first, np.asarray(draw(engine, "a circle", 512, 512, 7)))
+
+
+@IN_TRAINING
+def test_what_a_prompt_leaves_out_is_the_seeds_choice(engine: PipelineEngine) -> None:
     prompt = "a circle"  # colour, size, place and background are the seed's choice
     first = np.asarray(draw(engine, prompt, 512, 512, 7))
-    again = np.asarray(draw(engine, prompt, 512, 512, 7))
-    other = [np.asarray(draw(engine, prompt, 512, 512, seed)) for seed in (8, 9)]
-    assert np.array_equal(first, again)
-    assert all(np.abs(first.astype(int) - o.astype(int)).mean() > 10 for o in other)
+    others = [np.asarray(draw(engine, prompt, 512, 512, seed)) for seed in (8, 9)]
+    assert all(np.abs(first.astype(int) - o.astype(int)).mean() > 10 for o in others)
 
 
+@IN_TRAINING
 def test_a_prompt_outside_the_world_still_gives_a_clean_picture(engine: PipelineEngine) -> None:
     judgement = judge(draw(engine, "a photograph of an astronaut riding a horse", 512, 512, 3))  # type: ignore[arg-type]
     assert judgement.unclean < 0.05
@@ -105,4 +121,20 @@ def test_the_start_says_what_the_model_draws(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.WARNING, logger="cogserve.engine.loader"):
         engine.load()
     assert engine.info.name == SHAPES_NAME and engine.info.builtin
-    assert any("BUILT-IN SHAPES MODEL" in r.message and "circle" in r.message for r in caplog.records)
+    notice = next(r.message for r in caplog.records if "BUILT-IN SHAPES MODEL" in r.message)
+    assert "STILL IN TRAINING" in notice and "circle" in notice
+
+
+def test_the_watermarks_verify_on_its_flat_pictures(engine: PipelineEngine) -> None:
+    from cogserve.safety.watermark import Watermarker, read_watermark
+
+    marker = Watermarker()
+    for seed, prompt in enumerate(["a white square on a white background", "a black star, black background"]):
+        picture = draw(engine, prompt, 512, 512, seed)
+        image_id = f"shapes{seed:02d}" + "x" * 24
+        marked = marker.apply(picture, image_id)  # type: ignore[arg-type]
+        info = read_watermark(marked)
+        assert info is not None and info.image_id_prefix == image_id[:8]
+        # The visible label went on too: the bottom-right corner changed.
+        before, after = np.asarray(picture)[-40:, -120:], np.asarray(marked)[-40:, -120:]
+        assert np.abs(before.astype(int) - after.astype(int)).max() > 60

@@ -33,12 +33,12 @@ def test_defaults_follow_the_issue() -> None:
 
 
 def test_each_model_has_its_own_sampling_defaults_and_settings_win() -> None:
-    shapes = Settings().model
-    assert (shapes.builtin, shapes.model_family) == ("shapes", "shapes")
-    assert (shapes.standard_steps, shapes.hd_steps, shapes.guidance_scale) == SAMPLING_DEFAULTS["shapes"]
-    tiny = Settings(model={"builtin": "tiny-random"}).model
+    tiny = Settings().model
+    assert (tiny.builtin, tiny.model_family) == ("tiny-random", "tiny-random")
     assert (tiny.standard_steps, tiny.hd_steps, tiny.guidance_scale) == (20, 50, 3.5)
-    given = Settings(model={"standard_steps": 5, "guidance_scale": 1.0}).model
+    shapes = Settings(model={"builtin": "shapes"}).model
+    assert (shapes.standard_steps, shapes.hd_steps, shapes.guidance_scale) == SAMPLING_DEFAULTS["shapes"]
+    given = Settings(model={"builtin": "shapes", "standard_steps": 5, "guidance_scale": 1.0}).model
     assert (given.standard_steps, given.hd_steps, given.guidance_scale) == (
         5,
         SAMPLING_DEFAULTS["shapes"][1],

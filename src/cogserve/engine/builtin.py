@@ -2,7 +2,8 @@
 
 ``cogview4-shapes-v1`` is a small CogView4 (the real classes, shrunk) trained by ``training/`` on the
 shapes world (``cogserve.shapes``); its weights ship in ``engine/weights/`` and load with
-``CogView4Pipeline.from_pretrained`` like any model, with no download.
+``CogView4Pipeline.from_pretrained`` like any model, with no download. Its training is not finished:
+it becomes the default once ``benchmarks/shapes_eval.py`` meets its targets (docs/builtin-model.md).
 
 ``cogview4-tiny-v1`` has random weights: every image is noise, but every step (tokenise, encode,
 denoise, decode, seeds, callbacks) is production code, at a fraction of the cost. The test suite
@@ -29,19 +30,21 @@ BUILTIN_NAME = "cogview4-tiny-v1"
 SHAPES_NAME = "cogview4-shapes-v1"
 SHAPES_PATH = Path(__file__).resolve().parent / "weights" / SHAPES_NAME
 
-#: Said at every start with the shapes model, so nobody mistakes it for CogView4-6B.
+#: Said at every start with the shapes model, so nobody mistakes it for CogView4-6B or a finished model.
 SHAPES_NOTICE = (
-    "Serving the BUILT-IN SHAPES MODEL (cogview4-shapes-v1, a small CogView4 shipped with cogserve). "
-    "It draws one or two flat shapes (circle, square, triangle, star) in 10 colours (red, orange, "
-    "yellow, green, blue, purple, pink, white, black, grey), 3 sizes and 9 positions on a solid "
-    "background, from English or Chinese prompts; anything else still gives such a picture. For "
-    "CogView4-6B pass --model-path /path/to/CogView4-6B or a repo id in the local Hugging Face cache."
+    "Serving the BUILT-IN SHAPES MODEL (cogview4-shapes-v1, a small CogView4 shipped with cogserve), "
+    "STILL IN TRAINING: it is being trained to draw one or two flat shapes (circle, square, triangle, "
+    "star) in 10 colours (red, orange, yellow, green, blue, purple, pink, white, black, grey), 3 sizes "
+    "and 9 positions on a solid background, from English or Chinese prompts, and this checkpoint does "
+    "not draw them reliably yet (docs/builtin-model.md has its latest evaluation). For CogView4-6B "
+    "pass --model-path /path/to/CogView4-6B or a repo id in the local Hugging Face cache."
 )
 #: What the playground says while the shapes model serves.
 SHAPES_NOTE = (
-    "This server runs the built-in shapes model, not CogView4-6B: it draws one or two flat shapes "
-    "(circle, square, triangle, star) in 10 colours, 3 sizes and 9 positions on a solid background, "
-    "from English or Chinese prompts. Try one of these:"
+    "This server runs the built-in shapes model, not CogView4-6B. It is still in training: it is "
+    "learning to draw one or two flat shapes (circle, square, triangle, star) in 10 colours, 3 sizes "
+    "and 9 positions on a solid background, from English or Chinese prompts, and does not draw them "
+    "reliably yet. Prompts from its world:"
 )
 #: Prompts the playground offers while the shapes model serves.
 SHAPES_EXAMPLES = (

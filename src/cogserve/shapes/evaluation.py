@@ -8,10 +8,11 @@ training (every purple star; every large shape in the bottom-right cell). Captio
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from cogserve.shapes.captions import Caption, Language, Mention, describe
+from cogserve.shapes.captions import Caption, Language, describe
 from cogserve.shapes.judge import Verdict
 from cogserve.shapes.world import HELD_OUT_SIZE_POSITION, Scene, Shape, place, sample_scene
 
@@ -75,7 +76,7 @@ class Tally:
     size: int = 0
     all_right: int = 0
     unclean: float = 0.0
-    seconds: float = 0.0
+    seconds: list[float] = field(default_factory=list)
 
     def add(self, verdict: Verdict, unclean: float, seconds: float) -> None:
         self.cases += 1
@@ -86,7 +87,7 @@ class Tally:
         self.size += all(verdict.size)
         self.all_right += verdict.all_right
         self.unclean += unclean
-        self.seconds += seconds
+        self.seconds.append(seconds)
 
     def shares(self) -> dict[str, float]:
         n = max(self.cases, 1)
@@ -98,9 +99,5 @@ class Tally:
             "size": 100 * self.size / n,
             "all": 100 * self.all_right / n,
             "unclean": 100 * self.unclean / n,
-            "s/image": self.seconds / n,
+            "p50 s": statistics.median(self.seconds) if self.seconds else 0.0,
         }
-
-
-def mentions_of(case: Case) -> tuple[Mention, ...]:
-    return case.caption.mentions

@@ -182,7 +182,7 @@ def train_text(text_encoder: nn.Module, tokenizer: Any, work: Path, steps: int) 
         optimizer.step()
         hits = torch.stack([lg.argmax(-1) == labels[:, i] for i, lg in enumerate(logits)], 1)
         accuracy["value"] = hits.all(1).float().mean().item()
-        return {"loss": float(loss), "exact": accuracy["value"]}
+        return {"loss": loss.item(), "exact": accuracy["value"]}  # type: ignore[union-attr]
 
     text_encoder.train()
     run_loop(

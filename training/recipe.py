@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from cogserve.shapes.captions import describe, off_world
 from cogserve.shapes.world import sample_scene
 
-SPECIAL_TOKENS = ["<|endoftext|>", "[gMASK]", "<sop>"]
 TOKENIZER_SEED = 7
 VOCAB_SIZE = 1024
 
@@ -53,27 +52,10 @@ def caption_corpus(count: int, seed: int = TOKENIZER_SEED) -> list[str]:
 
 
 def build_tokenizer() -> object:
-    """A byte-level BPE (any text encodes) with GLM-4's specials and ``[gMASK]<sop>`` prefix."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The built-in tokenizer's recipe (GLM-4 specials, ``[gMASK]<sop>``), learnt from captions."""
+    from cogserve.engine.builtin import build_tokenizer as build_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(caption_corpus(20000), trainer=trainer)
-    gmask, sop = tok.token_to_id("[gMASK]"), tok.token_to_id("<sop>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[gMASK] <sop> $A", special_tokens=[("[gMASK]", gmask), ("<sop>", sop)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", padding_side="left"
-    )
+    return build_bpe(caption_corpus(20000), vocab_size=VOCAB_SIZE)
 
 
 def build_text_encoder(vocab_size: int, pad_id: int, sizes: Sizes = SIZES) -> object:

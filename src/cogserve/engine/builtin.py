@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,9 @@ def ensure_builtin_model(models_dir: Path) -> Path:
     return target
 
 
-def build_tokenizer() -> Any:
+def build_tokenizer(corpus: Iterable[str] = _CORPUS, vocab_size: int = 600) -> Any:
+    """A byte-level BPE learnt from ``corpus`` (any text still encodes: all 256 bytes are in its
+    alphabet), with GLM-4's specials and ``[gMASK]<sop>`` prefix. The defaults build the tiny model's."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -123,12 +126,12 @@ def build_tokenizer() -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
     gmask, sop = tok.token_to_id("[gMASK]"), tok.token_to_id("<sop>")
     # GLM-4 prefixes every prompt with [gMASK]<sop>.
     tok.post_processor = processors.TemplateProcessing(

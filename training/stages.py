@@ -209,11 +209,44 @@ def zero_init(transformer: nn.Module) -> None:
     nn.init.zeros_(transformer.proj_out.bias)  # type: ignore[union-attr,arg-type]
 
 
-def sample_sigmas(rng: torch.Generator, count: int) -> torch.Tensor:
-    """Logit-normal noise levels, shifted like CogView4's sampler does at 256-4096 image tokens."""
-    u = torch.sigmoid(torch.randn(count, generator=rng))
-    mu = 1.0 + 2.0 * torch.rand(count, generator=rng)
-    return mu * u / (1 + (mu - 1) * u)
+#: The sizes the served model is asked for (BigModel's size rules: 512-2048 px a side).
+SERVING_SIDES = (512, 2048)
+
+
+def serving_sizes(rng: random.Random, height: int, width: int, count: int) -> torch.Tensor:
+    """For each picture, a size it could be served at with the same aspect ratio, in pixels.
+
+    The model trains at 112-256 px but serves at 512-2048 px, and the pipeline tells the transformer
+    the served size (``original_size``/``target_size``) and shifts its noise levels by it; training
+    with served sizes puts both where serving will find them.
+    """
+    low = SERVING_SIDES[0] / min(height, width)
+    high = max(low, SERVING_SIDES[1] / max(height, width))
+    sizes = []
+    for _ in range(count):
+        factor = low * (high / low) ** rng.random()  # log-uniform: 512-1024 px as often as 1-2k
+        sizes.append([max(512, round(height * factor / 32) * 32), max(512, round(width * factor / 32) * 32)])
+    return torch.tensor(sizes, dtype=torch.float32)
+
+
+def sample_noise_levels(rng: torch.Generator, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps in 0..1, noise levels) as CogView4Pipeline pairs them at each served size.
+
+    The pipeline hands the transformer the unshifted timestep ``t`` while the latents carry noise
+    ``sigma = mu*t / (1 + (mu-1)*t)``, with ``mu`` from the image's token count (the scheduler's
+    dynamic shift). Training on ``sigma`` alone, as a first run did, taught the model a timestep
+    that meant less noise than it meets at 512 px and above. ``t`` is logit-normal with a quarter
+    uniform, so the ends of the schedule (the sampler's first and last steps) are seen too.
+    """
+    from diffusers.pipelines.cogview4.pipeline_cogview4 import calculate_shift
+
+    count = sizes.shape[0]
+    t = torch.sigmoid(torch.randn(count, generator=rng))
+    uniform = torch.rand(count, generator=rng)
+    t = torch.where(torch.rand(count, generator=rng) < 0.25, uniform, t).clamp(1e-3, 1.0)
+    tokens = sizes[:, 0] * sizes[:, 1] / (16 * 16)  # 8x VAE, 2x2 patches
+    mu = torch.tensor([calculate_shift(int(n), 256, 0.25, 0.75) for n in tokens.tolist()])
+    return t, mu * t / (1 + (mu - 1) * t)
 
 
 def train_transformer(
@@ -244,15 +277,15 @@ def train_transformer(
         captions = [data.caption_for(rng, scene) for scene in scenes]
         with torch.no_grad():
             states = text_states(text_encoder, data.tokenize(tokenizer, [c.text for c in captions]))
-        sigmas = sample_sigmas(noise_rng, count)
+        size = serving_sizes(rng, height, width, count)
+        timesteps, sigmas = sample_noise_levels(noise_rng, size)
         noise = torch.randn(latents.shape, generator=noise_rng)
         s = sigmas.view(-1, 1, 1, 1)
         noisy = (1 - s) * latents + s * noise
-        size = torch.tensor([[height, width]] * count, dtype=torch.float32)
         prediction = transformer(  # type: ignore[operator]
             hidden_states=noisy,
             encoder_hidden_states=states,
-            timestep=sigmas * 1000,
+            timestep=timesteps * 1000,
             original_size=size,
             target_size=size,
             crop_coords=torch.zeros(count, 2),

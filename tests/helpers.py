@@ -10,20 +10,66 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
+import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from cogserve.engine import BatchItem, Engine, GenerationOutput, ModelInfo
+from cogserve.service.access import AccessControl
+from cogserve.settings import Settings
 from cogserve.storage import ImageRow, MetadataStore
 
 IMAGES = "/api/paas/v4/images/generations"
 
 
+# -- images ----------------------------------------------------------------------------------------
+
+
+def open_png(data: bytes) -> Image.Image:
+    """PNG bytes decoded to the last pixel; fails on anything else, or on a truncated or corrupt PNG."""
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG", image.format
+    image.load()  # decodes every IDAT chunk and checks the CRCs
+    return image
+
+
 def png_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of PNG bytes; fails if they are not a PNG."""
-    with Image.open(io.BytesIO(data)) as image:
-        assert image.format == "PNG"
+    """(width, height) of PNG bytes that decode to the last pixel; fails on anything else."""
+    with open_png(data) as image:
         return image.size
+
+
+def pixels(data: bytes) -> np.ndarray:
+    """The RGB pixels of encoded image bytes, as int16 so that differences do not wrap around."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+def make_png(width: int, height: int, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    """A plain one-colour RGB PNG of the given size."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def fetch_png(client: TestClient, url: str) -> bytes:
+    """GET an image URL through the test client: a 200 with an image/png body."""
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return response.content
+
+
+def download_png(url: str) -> bytes:
+    """GET an image URL from a real server over HTTP: a 200 with an image/png body."""
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    return response.content
+
+
+# -- API calls and what they stored ------------------------------------------------------------------
 
 
 def generate(client: TestClient, **body: Any) -> Any:
@@ -34,6 +80,18 @@ def generate(client: TestClient, **body: Any) -> Any:
 def image_id_of(url: str) -> str:
     # Also for presigned S3 URLs: .../<2 chars>/<id>.png?X-Amz-...
     return url.split("?", 1)[0].rsplit("/", 1)[1].removesuffix(".png")
+
+
+def settings_of(client: TestClient) -> Settings:
+    return client.app.state.cogserve.settings  # type: ignore[attr-defined,no-any-return]
+
+
+def access_of(client: TestClient) -> AccessControl:
+    return client.app.state.cogserve.access  # type: ignore[attr-defined,no-any-return]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def metadata_of(client: TestClient) -> MetadataStore:
@@ -68,6 +126,21 @@ class DelegatingEngine:
         self.inner.warmup()
 
     def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
+        return self.inner.generate_batch(items)
+
+
+class CountingEngine(DelegatingEngine):
+    """The real engine, counting images and optionally held at a gate (open to begin with)."""
+
+    def __init__(self, inner: Engine) -> None:
+        super().__init__(inner)
+        self.images = 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
+        self.gate.wait(30)
+        self.images += len(items)
         return self.inner.generate_batch(items)
 
 

@@ -1,3 +1,3 @@
-from cogserve.cli import app
+from cogserve.cli import main
 
-app()
+main()

@@ -11,6 +11,7 @@ signature checked out, so a caller who merely knows a key id cannot learn whethe
     ├── InvalidRequest (400 / 1210)        malformed JSON, wrong content type, bad body
     │   ├── BodyTooLarge (413 / 1210)
     │   ├── BodyTimeout (408 / 1210)       the body did not arrive within body_timeout_s
+    │   ├── HeadTimeout (408 / 1210)       the request head did not arrive within header_timeout_s
     │   ├── UrlTooLong (414 / 1210)
     │   ├── UnsupportedEncoding (415 / 1210) any Content-Encoding: bodies are never inflated
     │   ├── HeadersTooLarge (431 / 1210)
@@ -70,6 +71,12 @@ class BodyTooLarge(InvalidRequest):
 
 class BodyTimeout(InvalidRequest):
     """The client did not deliver its body in time: stalled, or sent less than its Content-Length."""
+
+    status = 408
+
+
+class HeadTimeout(InvalidRequest):
+    """The client did not deliver its request line and headers in time (a slow-loris)."""
 
     status = 408
 

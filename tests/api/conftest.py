@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from cogserve.engine import Engine
 from cogserve.settings import Settings
 from tests.components.postgres import postgres_server  # noqa: F401  (the session's server fixture)
+from tests.helpers import CountingEngine
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -42,3 +44,8 @@ def make_settings(
         return make_settings(storage=storage, **areas)
 
     return make
+
+
+@pytest.fixture
+def counting(shared_engine: Engine) -> CountingEngine:
+    return CountingEngine(shared_engine)

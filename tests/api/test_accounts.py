@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,37 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cogserve.engine import BatchItem, Engine, GenerationOutput
-from cogserve.service.access import AccessControl
-from tests.helpers import DelegatingEngine, generate
-
-
-class CountingEngine(DelegatingEngine):
-    """The real engine, counting images and optionally held at a gate."""
-
-    def __init__(self, inner: Engine) -> None:
-        super().__init__(inner)
-        self.images = 0
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
-        self.gate.wait(30)
-        self.images += len(items)
-        return self.inner.generate_batch(items)
-
-
-def access_of(client: TestClient) -> AccessControl:
-    return client.app.state.cogserve.access  # type: ignore[attr-defined,no-any-return]
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture
-def counting(shared_engine: Engine) -> CountingEngine:
-    return CountingEngine(shared_engine)
+from tests.helpers import CountingEngine, access_of, bearer, generate
 
 
 def test_open_mode_without_keys_then_keys_required_once_one_exists(

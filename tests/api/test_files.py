@@ -13,11 +13,7 @@ from sqlalchemy import create_engine, update
 from cogserve.errors import StorageError
 from cogserve.storage import ImageRow, LocalImageStore, MetadataStore, new_image_id
 from cogserve.storage.sweep import ORPHAN_GRACE_S
-from tests.helpers import generate, image_id_of, metadata_of
-
-
-def settings_of(client: TestClient):
-    return client.app.state.cogserve.settings  # type: ignore[attr-defined]
+from tests.helpers import generate, image_id_of, metadata_of, settings_of
 
 
 def make_image(client: TestClient) -> str:

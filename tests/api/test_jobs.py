@@ -13,8 +13,7 @@ from fastapi.testclient import TestClient
 from cogserve.engine import Engine
 from cogserve.errors import ContentBlocked
 from cogserve.storage.jobs import JobRow, JobStore
-from tests.api.test_accounts import access_of, bearer
-from tests.helpers import StepGateEngine, WebhookReceiver, metadata_of, png_size
+from tests.helpers import StepGateEngine, WebhookReceiver, access_of, bearer, metadata_of, png_size
 
 SUBMIT = "/api/paas/v4/async/images/generations"
 

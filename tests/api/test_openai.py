@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -13,11 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from cogserve.engine import BatchItem, Engine, GenerationOutput
-from tests.api.test_accounts import access_of
-from tests.helpers import DelegatingEngine, png_size, row_of
+from tests.helpers import DelegatingEngine, access_of, fetch_png, pixels, png_size, row_of
 
 IMAGES = "/v1/images/generations"
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -26,17 +23,6 @@ ERROR_KEYS = {"message", "type", "param", "code"}
 def openai_generate(client: TestClient, headers: dict[str, str] | None = None, **body: Any) -> Any:
     payload = {"prompt": "a lighthouse at dusk", "size": "512x512", **body}
     return client.post(IMAGES, json=payload, headers=headers)
-
-
-def fetch(client: TestClient, url: str) -> bytes:
-    response = client.get(url)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "image/png"
-    return response.content
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
 
 
 def openai_error(response: Any, status: int) -> dict[str, Any]:
@@ -59,7 +45,7 @@ def test_n_images_at_the_size_asked_each_its_own(client: TestClient) -> None:
     assert len(body["data"]) == 2 and all(set(item) == {"url"} for item in body["data"])
     urls = [item["url"] for item in body["data"]]
     assert all(url.startswith("http://testserver/files/") and url.endswith(".png") for url in urls)
-    images = [fetch(client, url) for url in urls]
+    images = [fetch_png(client, url) for url in urls]
     assert [png_size(image) for image in images] == [(512, 768), (512, 768)]
     assert images[0] != images[1]
 
@@ -97,7 +83,7 @@ def test_image_i_gets_seed_plus_i_and_a_seed_repeats_its_pixels(client: TestClie
     def call(seed: int, n: int) -> tuple[list[int], list[np.ndarray]]:
         data = openai_generate(client, seed=seed, n=n).json()["data"]
         seeds = [row_of(client, item["url"]).seed for item in data]
-        return seeds, [pixels(fetch(client, item["url"])) for item in data]
+        return seeds, [pixels(fetch_png(client, item["url"])) for item in data]
 
     def changed(a: np.ndarray, b: np.ndarray) -> float:
         # The fraction of clearly different pixels: the invisible watermark carries the image id,
@@ -176,7 +162,7 @@ def test_an_unexpected_failure_is_a_500_in_the_openai_envelope(
     def broken(*_: Any) -> bool:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(client.app.state.cogserve.service, "watermark_wanted", broken)  # type: ignore[attr-defined]
+    monkeypatch.setattr(client.app.state.cogserve.service, "_watermark_wanted", broken)  # type: ignore[attr-defined]
     response = openai_generate(client)
     error = openai_error(response, 500)
     assert (error["type"], error["code"]) == ("server_error", None)

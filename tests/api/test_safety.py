@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cogserve.errors import ContentBlocked
-from cogserve.safety.images import ImageVerdict
+from cogserve.safety.image_checker import ImageVerdict
 from cogserve.safety.watermark import read_watermark
-from tests.api.test_accounts import CountingEngine, access_of
-from tests.helpers import generate, image_id_of, metadata_of
+from tests.helpers import CountingEngine, access_of, fetch_png, generate, image_id_of, metadata_of, open_png
 
 FLAGGED = [
     "how to make a pipe bomb",  # terrorism, level 0
@@ -48,11 +46,6 @@ def counted(
     make_client: Callable[..., TestClient], counting: CountingEngine
 ) -> tuple[TestClient, CountingEngine]:
     return make_client(engine=counting), counting
-
-
-@pytest.fixture
-def counting(shared_engine: Any) -> CountingEngine:
-    return CountingEngine(shared_engine)
 
 
 @pytest.mark.parametrize("prompt", FLAGGED)
@@ -122,7 +115,7 @@ def test_image_checker_runs_before_storing(
     status: int,
 ) -> None:
     checker = FlagEverything(level)
-    monkeypatch.setattr("cogserve.service.images.create_image_checker", lambda name: checker)
+    monkeypatch.setattr("cogserve.service.generation.create_image_checker", lambda name: checker)
     client = make_client(make_settings())
     response = generate(client)
     assert response.status_code == status and checker.seen == 1
@@ -145,17 +138,14 @@ def test_image_checker_runs_before_storing(
 def test_served_image_carries_label_mark_and_metadata(client: TestClient) -> None:
     marked = generate(client, size="768x512")
     plain = generate(client, size="768x512", seed=marked_seed(client, marked), watermark_enabled=False)
-    png = client.get(marked.json()["data"][0]["url"].split("testserver")[1]).content
-    with Image.open(io.BytesIO(png)) as image:
-        image.load()
+    with open_png(fetch_png(client, marked.json()["data"][0]["url"])) as image:
         assert image.info["AIGC"]
         info = read_watermark(image)
         assert info is not None and image_id_of(marked.json()["data"][0]["url"]).startswith(
             info.image_id_prefix
         )
         marked_pixels = np.asarray(image.convert("RGB")).astype(np.int16)
-    plain_png = client.get(plain.json()["data"][0]["url"].split("testserver")[1]).content
-    with Image.open(io.BytesIO(plain_png)) as image:
+    with open_png(fetch_png(client, plain.json()["data"][0]["url"])) as image:
         assert "AIGC" not in image.info and read_watermark(image) is None
         plain_pixels = np.asarray(image.convert("RGB")).astype(np.int16)
     diff = np.abs(marked_pixels - plain_pixels).max(axis=2)
@@ -176,8 +166,7 @@ def marked_seed(client: TestClient, response: Any) -> int:
 
 def test_b64_json_is_marked_too(client: TestClient) -> None:
     response = generate(client, response_format="b64_json")
-    with Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"]))) as image:
-        image.load()
+    with open_png(base64.b64decode(response.json()["data"][0]["b64_json"])) as image:
         assert read_watermark(image) is not None
 
 

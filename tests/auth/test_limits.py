@@ -1,4 +1,10 @@
-"""Per-key and per-user limits under real concurrency, with a controllable clock for the window."""
+"""Per-key and per-user limits under real concurrency, with a controllable clock for the window.
+
+The behaviour every limiter shares runs on each kind (the ``limiters`` fixture): the in-process
+``MemoryLimiter``, and ``DatabaseLimiter`` on SQLite and on PostgreSQL, where two limiters on one
+database stand for two server processes. What only one kind does is tested apart: below for
+``MemoryLimiter``, in test_shared_limits.py for ``DatabaseLimiter``.
+"""
 
 from __future__ import annotations
 
@@ -7,36 +13,29 @@ import threading
 
 import pytest
 
-from cogserve.auth import ConcurrencyLimited, Limits, MemoryLimiter, RateLimited
-from cogserve.auth.limits import MemoryLease
+from cogserve.auth import ConcurrencyLimited, Lease, Limiter, Limits, MemoryLimiter, RateLimited
+from tests.auth.limiters import Clock, Limiters
 
 NONE = Limits()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def acquire_from_threads(
-    limiter: MemoryLimiter, count: int, key_limits: Limits, user_limits: Limits = NONE
-) -> tuple[list[MemoryLease], list[Exception]]:
-    """``count`` threads, each with its own event loop, all released at the same moment."""
-    leases: list[MemoryLease] = []
+    limiters: list[Limiter], count: int, key_limits: Limits, user_limits: Limits = NONE
+) -> tuple[list[Lease], list[Exception]]:
+    """``count`` threads, each with its own event loop, taking turns over the limiters, all let go at
+    the same moment."""
+    leases: list[Lease] = []
     refusals: list[Exception] = []
     barrier = threading.Barrier(count)
 
-    def one() -> None:
+    def one(limiter: Limiter) -> None:
         barrier.wait()
         try:
             leases.append(asyncio.run(limiter.acquire("k1", key_limits, "user-1", user_limits)))
         except (ConcurrencyLimited, RateLimited) as exc:
             refusals.append(exc)
 
-    threads = [threading.Thread(target=one) for _ in range(count)]
+    threads = [threading.Thread(target=one, args=(limiters[i % len(limiters)],)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -44,9 +43,12 @@ def acquire_from_threads(
     return leases, refusals
 
 
-def test_twenty_threads_against_concurrency_two_admit_exactly_two() -> None:
-    limiter = MemoryLimiter()
-    leases, refusals = acquire_from_threads(limiter, 20, Limits(concurrency=2))
+# -- every limiter -----------------------------------------------------------------------------------
+
+
+def test_twenty_acquirers_against_concurrency_two_admit_exactly_two(limiters: Limiters) -> None:
+    first, second = limiters.make(2)
+    leases, refusals = acquire_from_threads([first, second], 20, Limits(concurrency=2))
     assert len(leases) == 2 and len(refusals) == 18
     error = refusals[0]
     assert isinstance(error, ConcurrencyLimited)
@@ -56,102 +58,118 @@ def test_twenty_threads_against_concurrency_two_admit_exactly_two() -> None:
         "1",
         True,
     )
-    assert "2 requests in flight" in error.message
+    assert "API key k1 already has 2 requests in flight (limit 2)" in error.message
 
     async def release_and_retry() -> None:
         await leases[0].release()
         await leases[0].release()  # a second release gives back nothing more
-        async with await limiter.acquire("k1", Limits(concurrency=2), None, NONE):
+        async with await second.acquire("k1", Limits(concurrency=2), None, NONE):
             with pytest.raises(ConcurrencyLimited):
-                await limiter.acquire("k1", Limits(concurrency=2), None, NONE)
+                await first.acquire("k1", Limits(concurrency=2), None, NONE)
+        await leases[1].release()
+        assert limiters.held() == (0, 0)
 
     asyncio.run(release_and_retry())
 
 
-def test_twenty_threads_against_five_per_minute_admit_exactly_five() -> None:
-    leases, refusals = acquire_from_threads(MemoryLimiter(), 20, Limits(rpm=5))
+def test_twenty_acquirers_against_five_per_minute_admit_exactly_five(limiters: Limiters) -> None:
+    leases, refusals = acquire_from_threads(limiters.make(2), 20, Limits(rpm=5))
     assert len(leases) == 5 and len(refusals) == 15
     assert all(isinstance(error, RateLimited) and error.code == "1303" for error in refusals)
+    assert all(55 <= error.retry_after_s <= 60 for error in refusals)  # type: ignore[attr-defined]
 
 
-def test_the_per_minute_window_slides_and_retry_after_says_when() -> None:
+def test_the_per_minute_window_slides_and_retry_after_says_when(limiters: Limiters) -> None:
     clock = Clock()
-    limiter = MemoryLimiter(clock=clock)
+    first, second = limiters.make(2, clock=clock)
     limits = Limits(rpm=3)
 
     async def scenario() -> None:
-        for offset in (0, 10, 20):
+        for limiter, offset in zip((first, second, first), (0, 10, 20), strict=True):
             clock.now = 1000 + offset
             await (await limiter.acquire("k1", limits, None, NONE)).release()
         clock.now = 1030
         with pytest.raises(RateLimited) as caught:
-            await limiter.acquire("k1", limits, None, NONE)
+            await second.acquire("k1", limits, None, NONE)
         # The first request (t=1000) leaves the window at t=1060: 30 s from now.
         assert caught.value.headers["Retry-After"] == "30"
         assert not caught.value.retryable  # the SDK's 3 quick retries could not succeed
         clock.now = 1060.5
-        await limiter.acquire("k1", limits, None, NONE)  # room again
+        await second.acquire("k1", limits, None, NONE)  # room again
         with pytest.raises(RateLimited) as caught:
-            await limiter.acquire("k1", limits, None, NONE)
+            await first.acquire("k1", limits, None, NONE)
         assert caught.value.headers["Retry-After"] == "10"  # t=1010 leaves at 1070
 
     asyncio.run(scenario())
 
 
-def test_a_request_refused_by_one_limit_takes_nothing_from_the_others() -> None:
-    limiter = MemoryLimiter()
+def test_a_request_refused_by_one_limit_takes_nothing_from_the_others(limiters: Limiters) -> None:
+    first, second = limiters.make(2)
 
     async def scenario() -> None:
         key_limits, user_limits = Limits(rpm=3, concurrency=2), Limits(concurrency=1)
-        busy = await limiter.acquire("k1", key_limits, "user-1", user_limits)
-        for _ in range(3):  # user-1 is busy: refused, and the key's rpm and concurrency stay untouched
+        busy = await first.acquire("k1", key_limits, "user-1", user_limits)
+        for limiter in (first, second, second):  # user-1 is busy: nothing of the key's is taken
             with pytest.raises(ConcurrencyLimited, match="user-1"):
                 await limiter.acquire("k1", key_limits, "user-1", user_limits)
+        assert limiters.held() == (2, 1)  # busy's own: a slot for the key and the user, one admission
         await busy.release()
-        lease = await limiter.acquire("k1", key_limits, "user-1", user_limits)
-        await lease.release()
-        await (await limiter.acquire("k1", key_limits, "user-2", user_limits)).release()
+        await (await second.acquire("k1", key_limits, "user-1", user_limits)).release()
+        await (await first.acquire("k1", key_limits, "user-2", user_limits)).release()
         with pytest.raises(RateLimited, match="API key k1"):
-            await limiter.acquire("k1", key_limits, "user-3", user_limits)
+            await second.acquire("k1", key_limits, "user-3", user_limits)
 
     asyncio.run(scenario())
 
 
-def test_end_users_are_counted_per_key() -> None:
-    limiter = MemoryLimiter()
+def test_end_users_are_counted_per_key(limiters: Limiters) -> None:
+    first, second = limiters.make(2)
 
     async def scenario() -> None:
-        user_limits = Limits(rpm=1)
-        await limiter.acquire("app-a", NONE, "user-1", user_limits)
-        await limiter.acquire("app-b", NONE, "user-1", user_limits)  # another app's user-1
-        with pytest.raises(RateLimited, match="user-1"):
-            await limiter.acquire("app-a", NONE, "user-1", user_limits)
+        await first.acquire("app-a", NONE, "user-1", Limits(rpm=1))
+        await second.acquire("app-b", NONE, "user-1", Limits(rpm=1))  # another app's user-1
+        with pytest.raises(RateLimited, match="user_id 'user-1' may make 1 requests per minute"):
+            await second.acquire("app-a", NONE, "user-1", Limits(rpm=1))
+
+        one_at_a_time = Limits(concurrency=1)
+        await first.acquire("app-a", NONE, "user-2", one_at_a_time)
+        await second.acquire("app-b", NONE, "user-2", one_at_a_time)
+        with pytest.raises(ConcurrencyLimited, match="user_id 'user-2' already has 1 requests"):
+            await second.acquire("app-a", NONE, "user-2", one_at_a_time)
+        # Open mode (no key): its user ids are one more namespace.
+        await first.acquire(None, NONE, "user-2", one_at_a_time)
+        with pytest.raises(ConcurrencyLimited):
+            await second.acquire(None, NONE, "user-2", one_at_a_time)
 
     asyncio.run(scenario())
 
 
-def test_when_several_limits_refuse_retry_after_is_the_longest_wait() -> None:
+def test_when_several_limits_refuse_retry_after_is_the_longest_wait(limiters: Limiters) -> None:
     clock = Clock()
-    limiter = MemoryLimiter(clock=clock)
+    first, second = limiters.make(2, clock=clock)
 
     async def scenario() -> None:
         limits = Limits(rpm=1, concurrency=1)
-        await limiter.acquire("k1", limits, None, NONE)  # held: both limits now refuse
+        await first.acquire("k1", limits, None, NONE)  # held: both limits now refuse
         clock.now += 15
         with pytest.raises(RateLimited) as caught:
-            await limiter.acquire("k1", limits, None, NONE)
+            await second.acquire("k1", limits, None, NONE)
         assert caught.value.headers["Retry-After"] == "45"
 
     asyncio.run(scenario())
 
 
-def test_zero_means_unlimited_and_no_ids_means_no_limits() -> None:
-    limiter = MemoryLimiter()
+def test_zero_means_unlimited_and_no_ids_means_no_limits(limiters: Limiters) -> None:
+    (limiter,) = limiters.make()
 
     async def scenario() -> None:
-        held = [await limiter.acquire("k1", NONE, "user-1", NONE) for _ in range(500)]
+        held = [await limiter.acquire("k1", NONE, "user-1", NONE) for _ in range(50)]
+        assert limiters.held() == (100, 0)  # in flight for the key and the user; no rpm, no log
         held += [await limiter.acquire(None, Limits(rpm=1), None, Limits(rpm=1)) for _ in range(5)]
-        assert len(held) == 505
+        assert limiters.held() == (100, 0)  # no ids: nothing is counted at all
+        for lease in held:
+            await lease.release()
+        assert limiters.held() == (0, 0)
 
     asyncio.run(scenario())
 
@@ -164,7 +182,10 @@ def test_a_key_without_its_own_limits_gets_the_default() -> None:
         Limits(rpm=-1)
 
 
-def test_idle_subjects_are_forgotten_after_a_window() -> None:
+# -- MemoryLimiter only ------------------------------------------------------------------------------
+
+
+def test_memory_limiter_forgets_idle_subjects_after_a_window() -> None:
     clock = Clock()
     limiter = MemoryLimiter(clock=clock)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,11 +9,10 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
-from PIL import Image
 
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_cli import run
-from tests.helpers import IMAGES
+from tests.helpers import IMAGES, download_png, open_png
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +106,7 @@ def test_revoke_block_usage_and_watermark_through_the_cli(
     )
 
     # The served PNG carries the label, the invisible mark and the AIGC metadata.
-    png = httpx.get(made.data[0].url, timeout=30).content
+    png = download_png(made.data[0].url)
     saved = tmp_path / "served.png"
     saved.write_bytes(png)
     verified = run(models_dir, "verify-watermark", str(saved))
@@ -117,7 +115,7 @@ def test_revoke_block_usage_and_watermark_through_the_cli(
     assert f"image id {image_id[:8]}" in verified.stdout and "this server" in verified.stdout
     assert "AIGC" in verified.stdout
     jpeg = tmp_path / "served.jpg"
-    Image.open(io.BytesIO(png)).convert("RGB").save(jpeg, quality=85)
+    open_png(png).convert("RGB").save(jpeg, quality=85)
     assert run(models_dir, "verify-watermark", str(jpeg)).returncode == 0
 
     blocked = run(models_dir, "users", "block", "user-e2e-1", "--reason", "spam", *data)

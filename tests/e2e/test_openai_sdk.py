@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import base64
 
-import httpx
 import openai
 import pytest
 from openai import OpenAI
 
 from tests.e2e.conftest import Server
-from tests.helpers import png_size
-
-
-def fetch_png_size(url: str) -> tuple[int, int]:
-    response = httpx.get(url, timeout=30)
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "image/png"
-    return png_size(response.content)
+from tests.helpers import download_png, png_size
 
 
 @pytest.fixture
@@ -31,7 +23,7 @@ def test_generate_n_urls(server: Server, client: OpenAI) -> None:
     assert isinstance(response.created, int)
     urls = [image.url for image in response.data]
     assert len(set(urls)) == 2 and all(url.startswith(f"{server.url}/files/") for url in urls)
-    assert [fetch_png_size(url) for url in urls] == [(512, 512), (512, 512)]
+    assert [png_size(download_png(url)) for url in urls] == [(512, 512), (512, 512)]
     assert all(image.revised_prompt is None and image.b64_json is None for image in response.data)
 
 

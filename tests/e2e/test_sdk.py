@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import base64
-import io
 
 import httpx
 import pytest
-from PIL import Image
 
 from tests.e2e.conftest import Server
-from tests.helpers import png_size
-
-
-def fetch_png_size(url: str) -> tuple[int, int]:
-    response = httpx.get(url, timeout=30)
-    assert response.status_code == 200
-    assert response.headers["content-type"] == "image/png"
-    return png_size(response.content)
+from tests.helpers import download_png, png_size
 
 
 def test_seed_example_with_zhipuai(server: Server) -> None:
@@ -32,7 +23,7 @@ def test_seed_example_with_zhipuai(server: Server) -> None:
 
     print(response.data[0].url)
     assert response.data[0].url.startswith(f"{server.url}/files/")
-    assert fetch_png_size(response.data[0].url) == (1024, 1024)
+    assert png_size(download_png(response.data[0].url)) == (1024, 1024)
     assert isinstance(response.created, int)
 
 
@@ -49,7 +40,7 @@ def test_zhipuai_sizes_quality_and_nulls(server: Server, kwargs: dict, expected:
 
     client = ZhipuAI(api_key="any-key", base_url=f"{server.url}/api/paas/v4")
     response = client.images.generations(model="cogview-4", prompt="a red panda", **kwargs)
-    assert fetch_png_size(response.data[0].url) == expected
+    assert png_size(download_png(response.data[0].url)) == expected
 
 
 def test_zhipuai_extras_b64_and_extra_body(server: Server) -> None:
@@ -69,7 +60,7 @@ def test_zhipuai_extras_b64_and_extra_body(server: Server) -> None:
         extra_body={"watermark_enabled": False, "seed": 9},
     )
     data = base64.b64decode(response.data[0].b64_json)
-    assert Image.open(io.BytesIO(data)).size == (512, 512)
+    assert png_size(data) == (512, 512)
 
 
 def test_zhipuai_sees_errors_as_exceptions_with_the_code(server: Server) -> None:
@@ -91,9 +82,9 @@ def test_zai_sdk_client(server: Server) -> None:
     response = client.images.generations(
         model="cogview-4-250304", prompt="一只可爱的小猫咪", size="864x1152", watermark_enabled=True
     )
-    assert fetch_png_size(response.data[0].url) == (864, 1152)
+    assert png_size(download_png(response.data[0].url)) == (864, 1152)
     nulls = client.images.generations(model="cogview-4", prompt="a cat", size=None, quality=None)
-    assert fetch_png_size(nulls.data[0].url) == (1024, 1024)
+    assert png_size(download_png(nulls.data[0].url)) == (1024, 1024)
 
 
 def test_plain_http_and_request_ids(server: Server) -> None:
@@ -124,4 +115,4 @@ def test_concurrent_clients_all_get_their_own_image(server: Server) -> None:
         results = list(pool.map(call, range(6)))
     assert [request_id for request_id, _ in results] == [f"par-{i}" for i in range(6)]
     assert len({url for _, url in results}) == 6
-    assert all(fetch_png_size(url) == (512, 512) for _, url in results)
+    assert all(png_size(download_png(url)) == (512, 512) for _, url in results)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import random
 import signal
@@ -29,26 +28,18 @@ import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from cogserve.engine.runner import PipelineEngine
 from cogserve.settings import Settings
 from cogserve.storage import MetadataStore
-from cogserve.storage.files import LocalImageStore, new_image_id
+from cogserve.storage.files import LocalImageStore
+from cogserve.storage.image_store import new_image_id
 from cogserve.storage.sweep import ORPHAN_GRACE_S
 from tests.components.postgres import PostgresServer, find_bindir, unavailable
 from tests.e2e.conftest import COGSERVE, cli_env, start_server, stop_server
-from tests.helpers import IMAGES, FaultyPipeline, generate, image_id_of, metadata_of
+from tests.helpers import IMAGES, FaultyPipeline, generate, image_id_of, metadata_of, png_size
 
 pytestmark = pytest.mark.slow
-
-
-def whole_png(data: bytes) -> tuple[int, int]:
-    """(width, height) of a PNG that decodes to the last pixel; fails on a truncated or corrupt one."""
-    with Image.open(io.BytesIO(data)) as image:
-        assert image.format == "PNG"
-        image.load()  # decodes every IDAT chunk and checks the CRCs
-        return image.size
 
 
 def error_of(response: Any) -> tuple[int, str, str]:
@@ -120,7 +111,7 @@ def _client_loop(url: str, stop: threading.Event, served: dict[str, tuple[str, b
                 continue  # the server was killed under us: the request was never answered
             assert image.status_code == 200, f"{link} of a 200 answered {image.status_code}"
             width, height = map(int, size.split("x"))
-            assert whole_png(image.content) == (width, height)
+            assert png_size(image.content) == (width, height)
             served[link] = (size, image.content)
 
 
@@ -202,7 +193,7 @@ def test_kill_9_under_load_loses_no_answered_image_and_the_sweep_leaves_rows_and
     for image_id, path in files.items():
         row = rows[image_id]
         assert row is not None
-        assert whole_png(path.read_bytes()) == (row.width, row.height), image_id
+        assert png_size(path.read_bytes()) == (row.width, row.height), image_id
     assert {image_id_of(link) for link in served} <= set(files)
 
 
@@ -261,7 +252,7 @@ def test_a_full_disk_is_a_clear_500_then_recovers_when_space_returns(
         filler.unlink()
         recovered = generate(client, size="512x512")
         assert recovered.status_code == 200, recovered.text
-        assert whole_png(client.get(recovered.json()["data"][0]["url"]).content) == (512, 512)
+        assert png_size(client.get(recovered.json()["data"][0]["url"]).content) == (512, 512)
 
 
 def test_an_injected_enospc_at_the_store_boundary_is_the_same_clear_500(
@@ -341,7 +332,7 @@ def test_postgresql_going_away_is_a_503_and_the_service_recovers_when_it_returns
     assert client.get("/readyz").status_code == 200
     again = generate(client)
     assert again.status_code == 200, again.text
-    assert whole_png(client.get(again.json()["data"][0]["url"]).content) == (512, 512)
+    assert png_size(client.get(again.json()["data"][0]["url"]).content) == (512, 512)
 
 
 # -- pipeline exceptions and out-of-memory under concurrent load --------------------------------------
@@ -373,7 +364,7 @@ def test_pipeline_errors_and_oom_under_concurrent_load_fail_only_their_own_reque
         kind = "crash" if "crash" in prompt else "nomem" if "nomem" in prompt else "ok"
         if response.status_code == 200:
             outcomes[kind].append((200, ""))
-            assert whole_png(client.get(response.json()["data"][0]["url"]).content) == (512, 512)
+            assert png_size(client.get(response.json()["data"][0]["url"]).content) == (512, 512)
         else:
             status, code, message = error_of(response)
             outcomes[kind].append((status, code))

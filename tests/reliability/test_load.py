@@ -24,14 +24,14 @@ so a driver that cannot fail would fail here.
 from __future__ import annotations
 
 import importlib
-import io
 import json
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
+
+from tests.helpers import make_png
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
@@ -42,12 +42,6 @@ CLIENTS = 64
 DURATION_S = 20.0
 MAX_QUEUE = 16
 CI_MAX_RSS_GROWTH = 0.25
-
-
-def _png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 40, 40)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.mark.slow
@@ -89,8 +83,8 @@ def test_64_clients_for_20_s_get_only_good_images_or_queue_full_refusals(
 def test_the_driver_reports_what_a_misbehaving_server_does() -> None:
     """512x512: 429/1305 with one request outstanding (queue not full); 512x768: 500; 768x512: a 200
     whose image has the wrong size; 1024x1024: 429 with a per-key code; 1024x768: a good image."""
-    good = _png(1024, 768)
-    wrong_size = _png(512, 512)
+    good = make_png(1024, 768)
+    wrong_size = make_png(512, 512)
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "GET":
@@ -128,7 +122,7 @@ def test_the_driver_reports_what_a_misbehaving_server_does() -> None:
 
 
 def test_png_check() -> None:
-    png = _png(512, 768)
+    png = make_png(512, 768)
     assert load.check_png(png, "image/png", 512, 768) is None
     assert load.check_png(png, "image/png", 768, 512) == "IHDR says 512x768, asked 768x512"
     assert "truncated" in (load.check_png(png[:-5], "image/png", 512, 768) or "")

@@ -33,12 +33,11 @@ from typer.testing import CliRunner
 from cogserve.auth import ApiKeys, AuthFailed, SecretBox, TokenVerifier
 from cogserve.cli import app as cli_app
 from cogserve.engine import BatchItem, Engine, GenerationOutput
-from cogserve.service.access import AccessControl
 from cogserve.settings import Settings
 from cogserve.storage import is_image_id, new_image_id
 from cogserve.storage.accounts import ApiKeyRow
 from cogserve.storage.jobs import is_job_id, new_job_id
-from tests.helpers import IMAGES, DelegatingEngine
+from tests.helpers import IMAGES, DelegatingEngine, access_of, bearer, settings_of
 
 ASYNC_IMAGES = "/api/paas/v4/async/images/generations"
 BODY = {"model": "cogview-4", "prompt": "a red kite over the sea", "size": "512x512"}
@@ -48,18 +47,6 @@ PUBLIC_PATHS = re.compile(
     r"/|/playground/.*|/healthz|/readyz|/metrics|/files/\{name\}|/docs|/redoc|/openapi\.json"
     r"|/docs/oauth2-redirect"
 )
-
-
-def access_of(client: TestClient) -> AccessControl:
-    return client.app.state.cogserve.access  # type: ignore[attr-defined,no-any-return]
-
-
-def settings_of(client: TestClient) -> Settings:
-    return client.app.state.cogserve.settings  # type: ignore[attr-defined,no-any-return]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def sdk_jwt(full_key: str, *, exp_ms: float, secret: str | None = None) -> str:

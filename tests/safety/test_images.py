@@ -12,7 +12,7 @@ from PIL import Image
 
 from cogserve.errors import ConfigError
 from cogserve.safety import ImageVerdict, NudeNetChecker, Watermarker, create_image_checker
-from cogserve.safety.images import verdict_for
+from cogserve.safety.image_checker import verdict_for
 
 HAVE_NUDENET = importlib.util.find_spec("nudenet") is not None
 

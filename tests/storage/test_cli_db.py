@@ -10,7 +10,7 @@ from sqlalchemy import MetaData, Table, create_engine
 from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
-from cogserve.cli_db import db_app
+from cogserve.cli.db import db_app
 from cogserve.storage.migrate import head
 from tests.components.postgres import postgres_server  # noqa: F401  (the session's server fixture)
 from tests.storage.test_migrations import release_schema

@@ -42,8 +42,8 @@ def test_unknown_fields_from_extra_body_are_ignored() -> None:
 
 def test_quality_maps_to_configured_steps_and_guidance() -> None:
     settings = ModelSettings(standard_steps=7, hd_steps=11, guidance_scale=4.5)
-    standard = ImageGenerationRequest.model_validate(BASE).to_job(settings, "r1")
-    hd = ImageGenerationRequest.model_validate({**BASE, "quality": "hd"}).to_job(settings, "r1")
+    standard = ImageGenerationRequest.model_validate(BASE).to_request(settings, "r1")
+    hd = ImageGenerationRequest.model_validate({**BASE, "quality": "hd"}).to_request(settings, "r1")
     assert (standard.params.steps, hd.params.steps) == (7, 11)
     assert standard.params.guidance_scale == 4.5
     assert (standard.params.width, standard.params.height) == (1024, 1024)
@@ -51,24 +51,26 @@ def test_quality_maps_to_configured_steps_and_guidance() -> None:
 
 def test_seed_is_kept_or_drawn() -> None:
     settings = ModelSettings()
-    job = ImageGenerationRequest.model_validate({**BASE, "seed": 42}).to_job(settings, "r")
-    assert job.params.seed == 42
-    drawn = {ImageGenerationRequest.model_validate(BASE).to_job(settings, "r").params.seed for _ in range(5)}
+    request = ImageGenerationRequest.model_validate({**BASE, "seed": 42}).to_request(settings, "r")
+    assert request.params.seed == 42
+    drawn = {
+        ImageGenerationRequest.model_validate(BASE).to_request(settings, "r").params.seed for _ in range(5)
+    }
     assert len(drawn) > 1
 
 
 def test_model_codes_are_configurable_aliases() -> None:
     settings = ModelSettings(codes=["my-cogview"])
-    assert ImageGenerationRequest.model_validate({**BASE, "model": "my-cogview"}).to_job(settings, "r")
+    assert ImageGenerationRequest.model_validate({**BASE, "model": "my-cogview"}).to_request(settings, "r")
     with pytest.raises(UnknownModel, match="my-cogview"):
-        ImageGenerationRequest.model_validate(BASE).to_job(settings, "r")
+        ImageGenerationRequest.model_validate(BASE).to_request(settings, "r")
 
 
 def test_prompt_limit_is_in_characters() -> None:
     settings = ModelSettings(max_prompt_chars=10)
-    assert ImageGenerationRequest.model_validate({**BASE, "prompt": "猫" * 10}).to_job(settings, "r")
+    assert ImageGenerationRequest.model_validate({**BASE, "prompt": "猫" * 10}).to_request(settings, "r")
     with pytest.raises(PromptTooLong) as info:
-        ImageGenerationRequest.model_validate({**BASE, "prompt": "猫" * 11}).to_job(settings, "r")
+        ImageGenerationRequest.model_validate({**BASE, "prompt": "猫" * 11}).to_request(settings, "r")
     assert info.value.code == "1261"
 
 

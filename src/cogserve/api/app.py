@@ -12,20 +12,18 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cogserve import __version__
+from cogserve.api import bigmodel, jobs, openai, ops, web
+from cogserve.api.dependencies import AppContext
 from cogserve.api.errors import install_error_handlers
-from cogserve.api.jobs import render as render_job
-from cogserve.api.jobs import router as jobs_router
 from cogserve.api.middleware import RequestContextMiddleware
-from cogserve.api.openai import router as openai_router
 from cogserve.api.openapi import install_openapi
-from cogserve.api.routes import AppContext, router
-from cogserve.api.web import router as web_router
+from cogserve.api.paths import ASYNC_PATH
 from cogserve.auth import DatabaseLimiter
 from cogserve.engine import Engine, create_engine
 from cogserve.engine.scheduler import ImageScheduler, Scheduler
 from cogserve.errors import CogserveError
 from cogserve.metrics import Metrics
-from cogserve.service import ImageService
+from cogserve.service import ImageService, Safety
 from cogserve.service.access import OPEN_MODE_WARNING, AccessControl
 from cogserve.service.jobs import JobService
 from cogserve.settings import Settings
@@ -55,17 +53,20 @@ def create_app(
     access = AccessControl(settings, AccountStore(metadata.engine), limiter)
     scheduler = scheduler or Scheduler(engine, settings.scheduler, device=device, on_batch=metrics.batch)
     files = create_image_store(settings)
-    service = ImageService(settings, scheduler, files, metadata, access, metrics)
-    jobs = JobService(
+    service = ImageService(
+        settings, scheduler, files, metadata, access, Safety.from_settings(settings), metrics
+    )
+    job_service = JobService(
         settings,
         service,
         scheduler,
         JobStore(metadata.engine),
         access,
         metrics,
-        render=render_job,
+        render=jobs.render,
+        audit_route=ASYNC_PATH,
     )
-    _watch(metrics, service, scheduler, jobs, device)
+    _watch(metrics, service, scheduler, job_service, device)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,7 +78,7 @@ def create_app(
         tasks = [
             asyncio.create_task(_load_model(engine, service, settings, on_fatal)),
             asyncio.create_task(service.run_sweeper()),
-            asyncio.create_task(jobs.run_upkeep()),
+            asyncio.create_task(job_service.run_upkeep()),
         ]
         try:
             yield
@@ -87,7 +88,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await jobs.stop()  # before the scheduler, so running jobs are handed back, not failed
+            await job_service.stop()  # before the scheduler, so running jobs are handed back, not failed
             await scheduler.stop()
             await limiter.stop()  # last: running jobs held limit slots until they were handed back
             metadata.close()
@@ -104,13 +105,11 @@ def create_app(
         scheduler=scheduler,
         service=service,
         access=access,
-        jobs=jobs,
+        jobs=job_service,
         metrics=metrics,
     )
-    app.include_router(router)
-    app.include_router(jobs_router)
-    app.include_router(openai_router)
-    app.include_router(web_router)
+    for module in (bigmodel, jobs, openai, ops, web):
+        app.include_router(module.router)
     install_error_handlers(app)
     install_openapi(app, settings)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, server=settings.server)

@@ -16,18 +16,22 @@ import logging
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from cogserve.api.errors import envelope
+from cogserve.errors import HeadTimeout
+
 log = logging.getLogger(__name__)
 
 
 def header_deadline_protocol(timeout_s: float) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol (its default where httptools is installed) with a head deadline."""
-    body = json.dumps(
-        {"error": {"code": "1210", "message": f"the request headers did not arrive within {timeout_s:g} s"}}
-    ).encode()
-    response = (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+    # No path is known yet (the head did not arrive), so the answer is in BigModel's envelope.
+    status, body, headers = envelope(
+        HeadTimeout(f"the request headers did not arrive within {timeout_s:g} s")
     )
+    payload = json.dumps(body).encode()
+    head = f"HTTP/1.1 {status} Request Timeout\r\ncontent-type: application/json\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    response = head.encode() + b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(payload), payload)
 
     class HeaderDeadlineProtocol(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None

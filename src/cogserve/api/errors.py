@@ -1,8 +1,10 @@
-"""The one place where errors become HTTP responses.
+"""The one place where errors become HTTP responses: the exception handlers, and the renderer the
+middleware (refusals before routing, the 500 net) and the connection's head deadline use too.
 
 Paths under ``/v1/`` (the OpenAI-compatible API) get OpenAI's envelope
 ``{"error": {"message", "type", "param", "code"}}`` (see ``openai_protocol.openai_error`` for the
-mapping); every other path gets the BigModel envelope ``{"error": {"code", "message"}}``.
+mapping); every other path gets the BigModel envelope ``{"error": {"code", "message"}}``. The
+business code of every error answer is kept in the request's state (``ERROR_CODE``) for metrics.
 """
 
 from __future__ import annotations
@@ -15,31 +17,45 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
 from cogserve.api.openai_protocol import openai_error
+from cogserve.api.paths import is_openai
 from cogserve.errors import CogserveError, InvalidField, InvalidRequest, MethodNotAllowed, NotFound
 
 log = logging.getLogger(__name__)
 
-OPENAI_PREFIX = "/v1"
+#: The request-state key holding the business code of the error answered (for metrics).
+ERROR_CODE = "error_code"
 
 
-def error_response(error: CogserveError, path: str = "") -> JSONResponse:
-    """The response for ``error``, in the envelope of the API that ``path`` belongs to."""
+def envelope(error: CogserveError, path: str = "") -> tuple[int, dict[str, object], dict[str, str]]:
+    """(status, body, headers) of the answer to ``error``, in the envelope of ``path``'s API."""
     # Both SDKs honour x-should-retry over their own status-based guess.
     headers = {"x-should-retry": "true" if error.retryable else "false", **error.headers}
-    if path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/"):
-        status, envelope = openai_error(error)
-        return JSONResponse(envelope.model_dump(), status_code=status, headers=headers)
-    body = {"error": {"code": error.code, "message": error.message}}
-    return JSONResponse(body, status_code=error.status, headers=headers)
+    if is_openai(path):
+        status, body = openai_error(error)
+        return status, body.model_dump(), headers
+    return error.status, {"error": {"code": error.code, "message": error.message}}, headers
 
 
-def api_path(request: Request) -> str:
+def error_response(error: CogserveError, path: str = "", scope: Scope | None = None) -> JSONResponse:
+    """The response for ``error``; with ``scope``, its code is noted in the request state."""
+    if scope is not None:
+        scope.setdefault("state", {})[ERROR_CODE] = error.code
+    status, body, headers = envelope(error, path)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def api_path(scope: Scope) -> str:
     """The request's path below any mount prefix (root_path), which decides its error envelope."""
-    path = request.url.path
-    root = str(request.scope.get("root_path", ""))
+    path = str(scope["path"])
+    root = str(scope.get("root_path", ""))
     return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _answer(request: Request, error: CogserveError) -> Response:
+    return error_response(error, api_path(request.scope), request.scope)
 
 
 async def _cogserve_error(request: Request, exc: Exception) -> Response:
@@ -52,7 +68,7 @@ async def _cogserve_error(request: Request, exc: Exception) -> Response:
             exc.message,
             exc_info=exc if exc.status == 500 else None,
         )
-    return error_response(exc, api_path(request))
+    return _answer(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -68,7 +84,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = InvalidRequest(str(exc.detail))
         error.status = exc.status_code
-    return error_response(error, api_path(request))
+    return _answer(request, error)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -76,7 +92,7 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     field = str(first["loc"][-1]) if first.get("loc") else "parameter"
-    return error_response(InvalidField(field, str(first.get("msg", "invalid"))), api_path(request))
+    return _answer(request, InvalidField(field, str(first.get("msg", "invalid"))))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,6 +8,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
+from cogserve.api.dependencies import audited_call, caller, context, image_request, public_base_url
+from cogserve.api.openapi import KEY_SECURITY, error_responses, json_body
+from cogserve.api.paths import ASYNC_PATH, CANCEL_PATH, RESULT_PATH
 from cogserve.api.protocol import (
     AsyncImageGenerationRequest,
     AsyncResult,
@@ -16,12 +19,7 @@ from cogserve.api.protocol import (
     ErrorBody,
     ImageData,
 )
-from cogserve.api.routes import KEY_SECURITY, caller, context, error_responses, image_request
-from cogserve.api.urls import public_base_url
-from cogserve.service.jobs import ASYNC_PATH, JobView
-
-RESULT_PATH = "/api/paas/v4/async-result/{job_id}"
-CANCEL_PATH = ASYNC_PATH + "/{job_id}/cancel"
+from cogserve.service.jobs import JobView
 
 _TASK_STATUS: dict[str, Literal["PROCESSING", "SUCCESS", "FAIL"]] = {
     "queued": "PROCESSING",
@@ -38,20 +36,13 @@ router = APIRouter()
     response_model=AsyncTask,
     responses=error_responses(400, 401, 403, 413, 429, 500, 503),
     summary="Submit an image job; answers at once with its id (BigModel async API)",
-    openapi_extra={
-        **KEY_SECURITY,
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": AsyncImageGenerationRequest.model_json_schema()}},
-        },
-    },
+    openapi_extra=json_body(AsyncImageGenerationRequest),
 )
 async def submit_job(request: Request) -> JSONResponse:
-    ctx = context(request)
-    async with ctx.access.audit(request.state.request_id, ASYNC_PATH + " (submit)") as note:
-        key, body, job = await image_request(request, ctx, note, AsyncImageGenerationRequest)
-        base_url = public_base_url(request, ctx.settings.server)
-        row = await ctx.jobs.submit(job, key, base_url, body.webhook_url)
+    async with audited_call(request, ASYNC_PATH + " (submit)") as call:
+        body, image = await image_request(request, call, AsyncImageGenerationRequest)
+        base_url = public_base_url(request, call.ctx.settings.server)
+        row = await call.ctx.jobs.submit(image, call.key, base_url, body.webhook_url)
     task = AsyncTask(id=row.id, request_id=row.request_id, model=row.model, task_status="PROCESSING")
     return JSONResponse(task.model_dump())
 

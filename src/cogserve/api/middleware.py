@@ -4,7 +4,6 @@ limits the HTTP server does not set (header size, URL length, time to deliver th
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 import time
@@ -12,7 +11,7 @@ import time
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cogserve.api.errors import error_response
+from cogserve.api.errors import ERROR_CODE, api_path, error_response
 from cogserve.errors import BodyTimeout, CogserveError, HeadersTooLarge, UrlTooLong
 from cogserve.metrics import Metrics
 from cogserve.settings import ServerSettings
@@ -33,7 +32,7 @@ class RequestContextMiddleware:
     """Outermost of cogserve's middleware.
 
     It catches any exception nothing else handled, logs its stack trace with the request id and
-    answers 500 in the BigModel envelope, so a client never sees a traceback or a bare text body.
+    answers 500 in the envelope of the path's API, so a client never sees a traceback or a bare body.
     Routes may replace ``request.state.request_id`` (the generation route adopts the client's).
     Before routing it refuses oversized headers (431) and request targets (414), and it gives the
     body ``body_timeout_s`` to arrive (408), limits uvicorn does not set (httptools parses headers
@@ -63,22 +62,19 @@ class RequestContextMiddleware:
         state["request_id"] = new_request_id()
         started = time.perf_counter()
         status = 0
-        error_body = bytearray()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)["X-Request-Id"] = state["request_id"]
-            elif message["type"] == "http.response.body" and status >= 400 and len(error_body) < 4096:
-                error_body.extend(message.get("body", b"")[:4096])
             await send(message)
 
         limits = self._limits(scope)
         try:
             refusal = _refusal(scope, limits)
             if refusal is not None:
-                await error_response(refusal, scope["path"])(scope, receive, send_with_id)
+                await error_response(refusal, api_path(scope), scope)(scope, receive, send_with_id)
                 return
             await self.app(scope, _body_deadline(receive, limits.body_timeout_s), send_with_id)
         except Exception as exc:
@@ -92,13 +88,11 @@ class RequestContextMiddleware:
             else:
                 log.exception("unhandled error in request %s", state["request_id"])
                 error = CogserveError(f"internal error; request id {state['request_id']}")
-            await error_response(error, scope["path"])(scope, receive, send_with_id)
+            await error_response(error, api_path(scope), scope)(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             if self.metrics is not None:
-                self.metrics.request(
-                    _route(scope), scope["method"], status, _code(status, bytes(error_body)), elapsed
-                )
+                self.metrics.request(_route(scope), scope["method"], status, _code(status, state), elapsed)
             access_log.info(
                 "%s %s %s %d %.1fms %s",
                 _client(scope),
@@ -173,12 +167,8 @@ def _route(scope: Scope) -> str:
     return str(getattr(route, "path", "unmatched"))
 
 
-def _code(status: int, body: bytes) -> str:
-    """The business code of an error answer (either envelope), "" for a success."""
+def _code(status: int, state: dict[str, object]) -> str:
+    """The business code of an error answer (noted by api.errors when it rendered it), "" for a success."""
     if status < 400:
         return ""
-    try:
-        code = json.loads(body)["error"]["code"]
-    except (ValueError, KeyError, TypeError):
-        return str(status)
-    return str(code) if code is not None else str(status)
+    return str(state.get(ERROR_CODE) or status)

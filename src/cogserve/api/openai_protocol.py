@@ -1,7 +1,7 @@
 """The wire of the OpenAI-compatible routes (``/v1/...``): bodies, their conversion, and the error envelope.
 
 The descriptions here feed ``/docs``. The request turns itself into one service job per image
-(``to_jobs``), reusing the BigModel request's conversion so steps, guidance and seeds come from
+(``to_requests``), reusing the BigModel request's conversion so steps, guidance and seeds come from
 settings in one place. ``openai_error`` renders cogserve's error tree in OpenAI's envelope.
 """
 
@@ -40,8 +40,8 @@ from cogserve.errors import (
     UnknownModel,
     UserBlocked,
 )
-from cogserve.service import ImageJob
-from cogserve.service.sizes import DEFAULT_SIZE, parse_size
+from cogserve.service import ImageRequest
+from cogserve.service.sizes import DEFAULT_SIZE, Size
 from cogserve.settings import ModelSettings
 
 MAX_N = 4
@@ -121,20 +121,19 @@ class OpenAIImageRequest(WireRequest):
     @classmethod
     def _size_rules(cls, value: str) -> str:
         if value == "auto":
-            return DEFAULT_SIZE
+            return Size.parse(DEFAULT_SIZE)
         try:
-            parse_size(value)
+            return Size.parse(value)
         except ValueError as exc:
             # OpenAI clients often ask for 256x256; say what cogserve takes instead.
             raise ValueError(f"{exc}; cogserve sizes: each side 512..2048 px, divisible by 16") from None
-        return value
 
     @property
     def user_id(self) -> str | None:
         return self.safety_identifier or self.user
 
-    def to_jobs(self, settings: ModelSettings, request_id: str) -> list[ImageJob]:
-        """One job per image: the BigModel conversion (model check, prompt length, steps, seed),
+    def to_requests(self, settings: ModelSettings, request_id: str) -> list[ImageRequest]:
+        """One service request per image: the BigModel conversion (model check, prompt length, steps, seed),
         then seed+i for image i."""
         base = ImageGenerationRequest.model_construct(
             model=self.model or settings.codes[0],
@@ -146,10 +145,12 @@ class OpenAIImageRequest(WireRequest):
             user_id=self.user_id,
         )
         try:
-            job = base.to_job(settings, request_id)
+            first = base.to_request(settings, request_id)
         except UnknownModel:
             raise unknown_model(base.model, settings) from None
-        return [replace(job, params=replace(job.params, seed=job.params.seed + i)) for i in range(self.n)]
+        return [
+            replace(first, params=replace(first.params, seed=first.params.seed + i)) for i in range(self.n)
+        ]
 
 
 def unknown_model(model: str, settings: ModelSettings) -> UnknownModel:

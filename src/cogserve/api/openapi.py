@@ -1,4 +1,5 @@
-"""The OpenAPI document: FastAPI's, made to say exactly what the handlers answer.
+"""The OpenAPI document: the helpers routes declare their answers with, and FastAPI's document made
+to say exactly what the handlers answer.
 
 FastAPI cannot know three things, so they are written in here once the document is built:
 - cogserve never answers 422 (validation failures are 400s in the route's envelope, api.errors),
@@ -17,13 +18,56 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel
 
-from cogserve.api.errors import OPENAI_PREFIX
-from cogserve.api.openai import IMAGES_PATH as OPENAI_IMAGES_PATH
-from cogserve.api.routes import API_KEY_SCHEME, ERROR_DESCRIPTIONS
-from cogserve.api.routes import IMAGES_PATH as BIGMODEL_IMAGES_PATH
-from cogserve.service.jobs import ASYNC_PATH
+from cogserve.api.paths import ASYNC_PATH, IMAGES_PATH, OPENAI_IMAGES_PATH, is_openai
+from cogserve.api.protocol import ErrorEnvelope
 from cogserve.settings import Settings
+
+#: What each error status means, in the document (``refine`` adds the headers).
+ERROR_DESCRIPTIONS = {
+    400: "Bad request: the body is not a JSON object, a field is missing or invalid, the model is "
+    "unknown, the prompt is too long, or moderation blocked it.",
+    401: "No API key, or an invalid, expired or revoked one (only when the server requires keys).",
+    403: "The end user (user_id) is blocked by the operator.",
+    404: "No such resource (or no such path).",
+    408: "The request body did not arrive within server.body_timeout_s; the connection closes.",
+    413: "The request body is larger than server.max_body_bytes.",
+    414: "The request target (path and query) is longer than server.max_url_bytes.",
+    415: "The body is compressed (Content-Encoding): send it uncompressed.",
+    429: "A rate or concurrency limit, or the scheduler's queue, is full; retry after Retry-After seconds.",
+    500: "An unexpected failure (storage, pipeline); the message holds the request id.",
+    503: "The model is still loading (Retry-After) or the server is shutting down.",
+    504: "The image was not ready within the request timeout.",
+    431: "The request headers total more than server.max_header_bytes.",
+}
+
+#: An operation that takes an API key: required once the server requires keys, ignored in open mode.
+API_KEY_SCHEME = "apiKey"
+KEY_SECURITY: dict[str, Any] = {"security": [{API_KEY_SCHEME: []}, {}]}
+
+
+def error_responses(
+    *statuses: int, model: type[BaseModel] = ErrorEnvelope
+) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of an operation: each status with its envelope and meaning."""
+    return {status: {"model": model, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The ``openapi_extra`` of an operation that takes an API key and a JSON body of ``model``.
+
+    Routes read their body themselves (``api.dependencies``: strict JSON, cogserve's 400s), so
+    FastAPI does not see it and it is declared here.
+    """
+    return {
+        **KEY_SECURITY,
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        },
+    }
+
 
 _UNUSED_SCHEMAS = ("HTTPValidationError", "ValidationError")
 #: Statuses any request may get (api.middleware), and those of any request with a body (api.body).
@@ -79,7 +123,7 @@ def refine(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
         for operation in item.values():
             extra = (*_ANY_REQUEST, *(_BODY_REQUEST if "requestBody" in operation else ()))
             _refine_responses(path, operation["responses"], extra)
-    for path in (BIGMODEL_IMAGES_PATH, ASYNC_PATH, OPENAI_IMAGES_PATH):
+    for path in (IMAGES_PATH, ASYNC_PATH, OPENAI_IMAGES_PATH):
         body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         _settings_rules(body, settings, openai=path == OPENAI_IMAGES_PATH)
     return document
@@ -87,7 +131,7 @@ def refine(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
 
 def _refine_responses(path: str, responses: dict[str, Any], extra: tuple[int, ...]) -> None:
     responses.pop("422", None)
-    envelope = "OpenAIErrorEnvelope" if path.startswith(OPENAI_PREFIX + "/") else "ErrorEnvelope"
+    envelope = "OpenAIErrorEnvelope" if is_openai(path) else "ErrorEnvelope"
     for code in extra:
         responses.setdefault(
             str(code),

@@ -16,8 +16,9 @@ from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cogserve.api.dependencies import context
+from cogserve.api.openapi import error_responses
 from cogserve.api.protocol import CLOSED
-from cogserve.api.routes import context, error_responses
 from cogserve.engine.builtin import SHAPES_EXAMPLES, SHAPES_NOTE
 from cogserve.errors import NotFound
 from cogserve.service.sizes import DEFAULT_SIZE, MAX_PIXELS, MAX_SIDE, MIN_SIDE, MULTIPLE, RECOMMENDED_SIZES

@@ -1,10 +1,12 @@
 """API keys, the Authorization header, per-key and per-user limits; knows nothing of HTTP."""
 
 from cogserve.auth.crypto import SecretBox, load_or_create_server_key, parse_server_key
+from cogserve.auth.identity import ApiKey
 from cogserve.auth.keys import ApiKeys
-from cogserve.auth.limits import Lease, Limiter, Limits, MemoryLimiter
+from cogserve.auth.limits import Lease, Limiter, MemoryLimiter
 from cogserve.auth.shared_limits import DatabaseLimiter
 from cogserve.auth.tokens import TokenVerifier
+from cogserve.auth.usage import Limits
 from cogserve.errors import (
     AuthError,
     AuthExpired,
@@ -18,7 +20,6 @@ from cogserve.errors import (
     RateLimited,
     UserBlocked,
 )
-from cogserve.storage.accounts import ApiKey
 
 __all__ = [
     "ApiKey",

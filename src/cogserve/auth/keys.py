@@ -10,10 +10,14 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from cogserve.auth.crypto import SecretBox
+from cogserve.auth.identity import ApiKey
 from cogserve.errors import InvalidField
-from cogserve.storage.accounts import AccountStore, ApiKey, ApiKeyRow
+
+if TYPE_CHECKING:
+    from cogserve.storage.accounts import AccountStore
 
 _ID_HEX_BYTES = 12  # 24 hex characters
 _SECRET_BYTES = 24  # 192 bits, 32 URL-safe base64 characters
@@ -45,6 +49,9 @@ class ApiKeys:
         for field, limit in (("rpm_limit", rpm_limit), ("concurrency_limit", concurrency_limit)):
             if limit is not None and limit < 0:
                 raise InvalidField(field, "must be 0 (unlimited) or more")
+        # Not at the top: storage.accounts imports this package (``identity``), see there.
+        from cogserve.storage.accounts import ApiKeyRow
+
         key_id = secrets.token_hex(_ID_HEX_BYTES)
         secret = secrets.token_urlsafe(_SECRET_BYTES)
         row = ApiKeyRow(
@@ -58,7 +65,7 @@ class ApiKeys:
             allow_no_watermark=allow_no_watermark,
         )
         self._store.add_key(row)
-        return ApiKey.of(row), f"{key_id}.{secret}"
+        return row.api_key(), f"{key_id}.{secret}"
 
     def lookup(self, key_id: str) -> tuple[ApiKey, bytes] | None:
         """The key and its secret, or None if there is no such key. Reads the row every time, so
@@ -68,4 +75,4 @@ class ApiKeys:
         row = self._store.get_key(key_id)
         if row is None:
             return None
-        return ApiKey.of(row), self._box.open(row.sealed_secret, key_id=row.id)
+        return row.api_key(), self._box.open(row.sealed_secret, key_id=row.id)

@@ -4,8 +4,9 @@
 60 s window and requests in flight, per API key and per end user of a key, all checked and taken
 at once, a refused request taking nothing, the same errors and Retry-After — but keeps the counts
 in the metadata database (``cogserve.storage.limits``), so N processes on one SQLite file or one
-PostgreSQL server admit exactly as many requests as one process would. The decision itself is
-``MemoryLimiter``'s (``limits._refusals``), fed with what the database holds.
+PostgreSQL server admit exactly as many requests as one process would. The subjects and the
+decision are ``MemoryLimiter``'s (``usage.subjects``, ``usage.refusals``), fed with what the
+database holds.
 
 A process that dies with requests in flight must not hold their slots forever. Each limiter is a
 worker with a row in ``limit_workers``, renewed every ``heartbeat_s`` (5 s) by a task that
@@ -34,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 
-from cogserve.auth.limits import WINDOW_S, Limits, _Counts, _refusals, _Subject
+from cogserve.auth.usage import WINDOW_S, Claim, Limits, Subject, UsageCounts, refusals, subjects
 from cogserve.errors import StorageError
 from cogserve.storage.limits import Horizon, LimitStore, Usage, Want
 
@@ -123,11 +124,7 @@ class DatabaseLimiter:
     async def acquire(
         self, key_id: str | None, key_limits: Limits, user_id: str | None, user_limits: Limits
     ) -> DatabaseLease:
-        wanted: list[tuple[_Subject, str, Limits]] = []
-        if key_id is not None:
-            wanted.append((("key", key_id), f"API key {key_id}", key_limits))
-        if user_id is not None:
-            wanted.append((("user", key_id or "", user_id), f"user_id {user_id!r}", user_limits))
+        wanted = subjects(key_id, key_limits, user_id, user_limits)
         if not wanted:
             return DatabaseLease(self, None)
         lease_id = secrets.token_hex(16)
@@ -140,15 +137,17 @@ class DatabaseLimiter:
             raise
         return DatabaseLease(self, lease_id)
 
-    def _admit(self, lease_id: str, wanted: list[tuple[_Subject, str, Limits]]) -> None:
+    def _admit(self, lease_id: str, wanted: list[Claim]) -> None:
         def decide(now: float, usages: list[Usage]) -> None:
-            refusals = [
+            refused = [
                 refusal
                 for (_, label, limits), usage in zip(wanted, usages, strict=True)
-                for refusal in _refusals(_Counts(deque(usage.admitted), usage.in_flight), label, limits, now)
+                for refusal in refusals(
+                    UsageCounts(deque(usage.admitted), usage.in_flight), label, limits, now
+                )
             ]
-            if refusals:
-                raise max(refusals, key=lambda error: error.retry_after_s)
+            if refused:
+                raise max(refused, key=lambda error: error.retry_after_s)
 
         wants = [
             Want(_encode(subject), count_in_flight=bool(limits.concurrency), window=limits.rpm)
@@ -205,7 +204,7 @@ class DatabaseLimiter:
             self._store.retire(self.worker)
 
 
-def _encode(subject: _Subject) -> str:
+def _encode(subject: Subject) -> str:
     # JSON keeps every user_id distinct and storable (control characters escaped).
     return json.dumps(subject, ensure_ascii=False, separators=(",", ":"))
 

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from cogserve.auth.identity import ApiKey
 from cogserve.auth.keys import ApiKeys
 from cogserve.errors import AuthError, AuthExpired, AuthFailed, AuthInvalid, AuthMissing, AuthRevoked
-from cogserve.storage.accounts import ApiKey
 
 _MAX_TOKEN_CHARS = 4096
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")

@@ -4,7 +4,7 @@ Pure functions and classes on plain arguments; the service decides when to call 
 their levels to ``content_filter`` entries and errors. Configuration problems raise ``ConfigError``.
 """
 
-from cogserve.safety.images import ImageChecker, ImageVerdict, NudeNetChecker, create_image_checker
+from cogserve.safety.image_checker import ImageChecker, ImageVerdict, NudeNetChecker, create_image_checker
 from cogserve.safety.label import DEFAULT_LABEL
 from cogserve.safety.moderation import (
     CLEAN_LEVEL,

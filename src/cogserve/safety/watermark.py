@@ -135,10 +135,10 @@ def describe_watermark(image: Image.Image, server_name: str | None = None) -> st
     return found
 
 
-def encode_png(image: Image.Image, metadata: Mapping[str, str]) -> bytes:
+def encode_png(image: Image.Image, metadata: Mapping[str, str] | None = None) -> bytes:
     """PNG bytes with ``metadata`` as text chunks: tEXt when Latin-1 can hold the value, else iTXt."""
     info = PngImagePlugin.PngInfo()
-    for key, value in metadata.items():
+    for key, value in (metadata or {}).items():
         if not 1 <= len(key) <= 79 or not key.isascii() or key != key.strip():
             raise ValueError(f"PNG text keyword must be 1..79 ASCII characters, got {key!r}")
         try:

@@ -1,6 +1,6 @@
-"""What a request means: validate -> (moderate) -> generate -> store -> respond."""
+"""What a request means: admit -> moderate -> generate -> mark -> store -> respond; async jobs."""
 
-from cogserve.service.images import ImageJob, ImageService, StoredImage
+from cogserve.service.generation import ImageRequest, ImageService, Safety, StoredImage
 from cogserve.storage.sweep import SweepReport
 
-__all__ = ["ImageJob", "ImageService", "StoredImage", "SweepReport"]
+__all__ = ["ImageRequest", "ImageService", "Safety", "StoredImage", "SweepReport"]

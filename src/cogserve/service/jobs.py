@@ -32,14 +32,13 @@ from cogserve.engine.scheduler import ImageScheduler
 from cogserve.errors import CogserveError, Interrupted, NotFound, RequestTimeout
 from cogserve.metrics import Metrics
 from cogserve.service.access import AccessControl
-from cogserve.service.images import ImageJob, ImageService
+from cogserve.service.generation import ImageRequest, ImageService
 from cogserve.service.webhooks import check_webhook_url, deliver
 from cogserve.settings import Settings
 from cogserve.storage.jobs import ACTIVE, JobRow, JobStore, Outcome, Status, is_job_id, new_job_id
 
 log = logging.getLogger(__name__)
 
-ASYNC_PATH = "/api/paas/v4/async/images/generations"
 CANCELLED_MESSAGE = "the job was cancelled by its owner"
 
 
@@ -89,8 +88,11 @@ class JobService:
         access: AccessControl,
         metrics: Metrics,
         render: Renderer,
+        audit_route: str,
     ) -> None:
+        """``render`` makes a webhook's body; ``audit_route`` names the route in a job's audit row."""
         self._settings = settings
+        self._audit_route = audit_route
         self._jobs = settings.jobs
         self._images = images
         self._scheduler = scheduler
@@ -110,15 +112,15 @@ class JobService:
     # -- the API's calls ---------------------------------------------------------------------
 
     async def submit(
-        self, job: ImageJob, key: ApiKey | None, base_url: str, webhook_url: str | None = None
+        self, job: ImageRequest, key: ApiKey | None, base_url: str, webhook_url: str | None = None
     ) -> JobRow:
         self._images.check_ready()
         self._scheduler.check_capacity()
-        watermark = self._images.watermark_wanted(job, key)
         if webhook_url is not None:
             check_webhook_url(webhook_url, self._jobs.webhook_allow)
+        # Held until the job ends (``_run`` closes the stack), like a sync request's admission.
         stack = AsyncExitStack()
-        await stack.enter_async_context(self._images.admitted(key, job.user_id))
+        watermark = await stack.enter_async_context(self._images.admission(job, key))
         now = time.time()
         row = JobRow(
             id=new_job_id(),
@@ -173,7 +175,7 @@ class JobService:
         job = _job_from(spec["job"])
         outcome: Outcome | None = None
         try:
-            async with self._access.audit(job.request_id, ASYNC_PATH) as note:
+            async with self._access.audit(job.request_id, self._audit_route) as note:
                 note.key_id, note.user_id = row.key_id, job.user_id
                 remaining = self._jobs.timeout_s - (time.time() - row.created_at)
                 if remaining <= 0:
@@ -358,5 +360,5 @@ class JobService:
         task.add_done_callback(self._background.discard)
 
 
-def _job_from(data: dict[str, Any]) -> ImageJob:
-    return ImageJob(**{**data, "params": GenerationParams(**data["params"])})
+def _job_from(data: dict[str, Any]) -> ImageRequest:
+    return ImageRequest(**{**data, "params": GenerationParams(**data["params"])})

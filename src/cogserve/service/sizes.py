@@ -1,4 +1,4 @@
-"""The seed's image-size rules, for every model."""
+"""BigModel's image-size rules, for every model."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 from cogserve.errors import ConfigError
 
-#: The seed's recommended sizes (width x height).
+#: BigModel's recommended sizes (width x height).
 RECOMMENDED_SIZES = (
     "1024x1024",
     "768x1344",
@@ -25,7 +25,7 @@ _SIZE_RE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 
 
 def parse_size(value: str) -> tuple[int, int]:
-    """Parse ``"WIDTHxHEIGHT"`` and check the seed's rules; raise ValueError saying which failed."""
+    """Parse ``"WIDTHxHEIGHT"`` and check BigModel's rules; raise ValueError saying which failed."""
     match = _SIZE_RE.fullmatch(value)
     if match is None:
         raise ValueError(f"'{value}' is not of the form WIDTHxHEIGHT, e.g. 1024x1024")
@@ -38,6 +38,20 @@ def parse_size(value: str) -> tuple[int, int]:
     if width * height > MAX_PIXELS:
         raise ValueError(f"width*height must be at most 2^21 = {MAX_PIXELS} px, got {width * height}")
     return width, height
+
+
+class Size(str):
+    """A ``"WIDTHxHEIGHT"`` string that passed the rules, with its sides: parsed once, at validation."""
+
+    width: int
+    height: int
+
+    @classmethod
+    def parse(cls, value: str) -> Size:
+        width, height = parse_size(value)
+        size = cls(value)
+        size.width, size.height = width, height
+        return size
 
 
 def check_warmup_sizes(entries: list[str]) -> None:

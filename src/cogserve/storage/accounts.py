@@ -1,8 +1,9 @@
 """API keys, blocked end users and the audit log, in the metadata database.
 
-The tables share ``Base`` with the image metadata; migrations (``storage.migrate``) make them,
-through ``MetadataStore.create_schema`` or ``AccountStore.create_schema``. Key secrets arrive here
-already sealed (``cogserve.auth.crypto``): this module never sees a usable key.
+The tables share ``database.Base`` with the image metadata; migrations (``storage.migrate``) make
+them, through ``MetadataStore.create_schema`` or ``AccountStore.create_schema``. Key secrets arrive
+here already sealed (``cogserve.auth.crypto``): this module never sees a usable key. A key's row
+reads back as auth's ``ApiKey`` (``ApiKeyRow.api_key``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from cogserve.storage.metadata import Base, translated
+from cogserve.auth.identity import ApiKey
+from cogserve.storage.database import Base, translated
 
 Outcome = Literal["ok", "moderation_block", "auth_failed", "rate_limited", "blocked_user", "error"]
 
@@ -45,6 +47,18 @@ class ApiKeyRow(Base):
     concurrency_limit: Mapped[int | None] = mapped_column(Integer)
     # Whether requests with this key may turn the watermark off (watermark_enabled=false).
     allow_no_watermark: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    def api_key(self) -> ApiKey:
+        """The key as requests see it: everything but the sealed secret."""
+        return ApiKey(
+            id=self.id,
+            name=self.name,
+            created_at=self.created_at,
+            revoked_at=self.revoked_at,
+            rpm_limit=self.rpm_limit,
+            concurrency_limit=self.concurrency_limit,
+            allow_no_watermark=self.allow_no_watermark,
+        )
 
 
 class BlockedUserRow(Base):
@@ -76,9 +90,6 @@ class AuditRow(Base):
     image_id: Mapped[str | None] = mapped_column(String(64))
 
 
-_TABLES = [Base.metadata.tables[name] for name in ("api_keys", "blocked_users", "audit_log")]
-
-
 @dataclass(frozen=True)
 class AuditEntry:
     """One request as the audit log keeps it; ``at`` defaults to the time it is recorded."""
@@ -93,31 +104,6 @@ class AuditEntry:
     moderation_level: int | None = None
     image_id: str | None = None
     at: float | None = None
-
-
-@dataclass(frozen=True)
-class ApiKey:
-    """What an authenticated request knows about its key (never the secret)."""
-
-    id: str
-    name: str
-    created_at: float
-    revoked_at: float | None
-    rpm_limit: int | None
-    concurrency_limit: int | None
-    allow_no_watermark: bool
-
-    @classmethod
-    def of(cls, row: ApiKeyRow) -> ApiKey:
-        return cls(
-            id=row.id,
-            name=row.name,
-            created_at=row.created_at,
-            revoked_at=row.revoked_at,
-            rpm_limit=row.rpm_limit,
-            concurrency_limit=row.concurrency_limit,
-            allow_no_watermark=row.allow_no_watermark,
-        )
 
 
 @dataclass(frozen=True)
@@ -152,6 +138,7 @@ class AccountStore:
 
     def create_schema(self) -> None:
         """Migrate the database to the current schema (every table: see ``storage.migrate``)."""
+        # Imported when migrating: Alembic takes longer to import than everything else here.
         from cogserve.storage.migrate import upgrade
 
         upgrade(self._engine)
@@ -180,7 +167,7 @@ class AccountStore:
         )
         with translated("list API keys"), self._sessions() as session:
             return [
-                KeySummary(**vars(ApiKey.of(row)), last_used_at=last) for row, last in session.execute(query)
+                KeySummary(**vars(row.api_key()), last_used_at=last) for row, last in session.execute(query)
             ]
 
     def revoke_key(self, key_id: str, *, at: float | None = None) -> bool:

@@ -4,36 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import secrets
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from cogserve.errors import StorageError
-from cogserve.storage.images import ImageObject
+from cogserve.storage.image_store import ImageObject, is_image_id
 
-# 24 random bytes, URL-safe base64: 192 bits, so URLs are unguessable capabilities.
-_ID_BYTES = 24
-IMAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{32}")
 _TEMP_SUFFIX = ".tmp"
-
-
-def new_image_id() -> str:
-    return secrets.token_urlsafe(_ID_BYTES)
-
-
-def is_image_id(value: str) -> bool:
-    return IMAGE_ID_RE.fullmatch(value) is not None
 
 
 class LocalImageStore:
     """PNG files under ``root/<first two id chars>/<id>.png`` (an ``ImageStore``).
 
-    Only ids matching ``IMAGE_ID_RE`` ever become paths, so no client string reaches the filesystem.
-    Writes go to a temp file in the same folder, are fsynced, then renamed: a reader sees the whole
-    file or none, even after a crash.
+    Only ids matching ``image_store.IMAGE_ID_RE`` ever become paths, so no client string reaches the
+    filesystem. Writes go to a temp file in the same folder, are fsynced, then renamed: a reader sees
+    the whole file or none, even after a crash.
     """
 
     def __init__(self, root: Path) -> None:

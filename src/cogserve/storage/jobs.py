@@ -23,7 +23,7 @@ from typing import Any, Literal
 from sqlalchemy import BigInteger, Engine, Float, Index, Integer, String, Text, delete, select, update
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from cogserve.storage.metadata import Base, translated
+from cogserve.storage.database import Base, translated
 
 Status = Literal["queued", "running", "success", "fail"]
 ACTIVE: tuple[Status, ...] = ("queued", "running")

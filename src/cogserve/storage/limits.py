@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -34,9 +33,7 @@ from sqlalchemy import (
     Float,
     String,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
@@ -46,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Mapped, mapped_column
 
-from cogserve.storage.metadata import Base, sqlite_pragmas, translated
+from cogserve.storage.database import Base, make_engine, translated
 
 # A subject is encoded by the caller: a key id and a user_id (128 characters, each at most 6 once escaped).
 SUBJECT_LENGTH = 1024
@@ -78,9 +75,6 @@ class LimitRequestRow(Base):
     subject: Mapped[str] = mapped_column(String(SUBJECT_LENGTH), primary_key=True)
     at: Mapped[float] = mapped_column(Float, primary_key=True, index=True)
     lease_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-
-
-_TABLES = [Base.metadata.tables[name] for name in ("limit_workers", "limit_slots", "limit_requests")]
 
 
 @dataclass(frozen=True)
@@ -117,19 +111,12 @@ class LimitStore:
     @classmethod
     def for_url(cls, url: str) -> LimitStore:
         backend = make_url(url).get_backend_name()
-        on_sqlite = backend == "sqlite"
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         # READ COMMITTED whatever the server's default: each statement must see what the previous
         # holder of a subject's lock committed, not a snapshot taken before the lock was granted.
         options: dict[str, Any] = {"isolation_level": "READ COMMITTED"} if backend == "postgresql" else {}
-        engine = create_engine(url, pool_pre_ping=not on_sqlite, **options)
-        if on_sqlite:
-            # SQLAlchemy's recipe for pysqlite: stop the driver from issuing its own (deferred,
-            # DML-only) BEGIN and emit BEGIN IMMEDIATE ourselves, so the write lock is held from
-            # the first read and no two transactions read the same counts before either writes.
-            event.listen(engine, "connect", _sqlite_manual_transactions)
-            event.listen(engine, "begin", _sqlite_begin_immediate)
+        # On SQLite, BEGIN IMMEDIATE: the write lock is held from the first read, so no two
+        # transactions read the same counts before either writes.
+        engine = make_engine(url, immediate=True, pool_pre_ping=backend != "sqlite", **options)
         return cls(engine)
 
     @property
@@ -141,9 +128,10 @@ class LimitStore:
 
         Through a plain engine: this one's BEGIN IMMEDIATE hook would clash with the migration's own.
         """
+        # Imported when migrating: Alembic takes longer to import than everything else here.
         from cogserve.storage.migrate import upgrade
 
-        plain = create_engine(self._engine.url)
+        plain = make_engine(self._engine.url)
         try:
             upgrade(plain)
         finally:
@@ -272,12 +260,3 @@ def _lock_key(subject: str) -> int:
     """A signed 64-bit advisory-lock key for a subject; a collision only serializes two subjects."""
     digest = hashlib.blake2b(b"cogserve-limits\0" + subject.encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _sqlite_manual_transactions(dbapi_connection: Any, record: Any) -> None:
-    sqlite_pragmas(dbapi_connection, record)
-    dbapi_connection.isolation_level = None
-
-
-def _sqlite_begin_immediate(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,38 +1,18 @@
 """Image metadata in a SQL database (SQLite by default, PostgreSQL by URL) through SQLAlchemy.
 
-The tables are defined here and beside their stores (``accounts``, ``jobs``); ``migrate`` turns
-them into the database's schema with Alembic revisions.
+The ``images`` table is defined here, the others beside their stores (``accounts``, ``jobs``,
+``limits``), all on ``database.Base``; ``migrate`` turns them into the database's schema with
+Alembic revisions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Engine,
-    Float,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    delete,
-    event,
-    select,
-)
-from sqlalchemy.exc import DisconnectionError, OperationalError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy import BigInteger, Boolean, Engine, Float, Integer, String, Text, delete, select
+from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from cogserve.errors import StorageError, StorageUnavailable
-
-
-class Base(DeclarativeBase):
-    pass
+from cogserve.storage.database import Base, make_engine, translated
 
 
 class ImageRow(Base):
@@ -62,18 +42,8 @@ class ImageRow(Base):
 
 class MetadataStore:
     def __init__(self, url: str) -> None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with translated("open the metadata database"):
-                self._engine = create_engine(url, pool_pre_ping=True)
-        except ModuleNotFoundError as exc:
-            raise StorageError(
-                f"the driver for {url.split(':', 1)[0]} is not installed (no module {exc.name!r}); "
-                "for PostgreSQL install cogserve's postgres extra: pip install 'cogserve[postgres]'"
-            ) from exc
-        if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine, "connect", sqlite_pragmas)
+        with translated("open the metadata database"):
+            self._engine = make_engine(url, pool_pre_ping=True)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
 
     def create_schema(self) -> None:
@@ -82,6 +52,7 @@ class MetadataStore:
         Safe to call from several processes at once, and on a database made by any earlier
         release (``cogserve.storage.migrate``).
         """
+        # Imported when migrating: Alembic takes longer to import than everything else here.
         from cogserve.storage.migrate import upgrade
 
         upgrade(self._engine)
@@ -127,27 +98,3 @@ class MetadataStore:
         with translated("delete image metadata"), self._sessions.begin() as session:
             result = session.execute(delete(ImageRow).where(ImageRow.id.in_(ids)))
             return int(getattr(result, "rowcount", 0) or 0)
-
-
-@contextmanager
-def translated(doing: str) -> Iterator[None]:
-    """Turn database errors into ``StorageError`` saying what was being done.
-
-    Errors of the connection rather than of the statement (server down or restarting, network cut,
-    SQLite locked past busy_timeout, pool exhausted) become ``StorageUnavailable``: 503, retry.
-    """
-    try:
-        yield
-    except (OperationalError, DisconnectionError, PoolTimeout) as exc:
-        raise StorageUnavailable(f"the database is unavailable, could not {doing}; retry shortly") from exc
-    except SQLAlchemyError as exc:
-        raise StorageError(f"database error while trying to {doing}") from exc
-
-
-def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # WAL lets the sweeper and readers run beside a writer; busy_timeout waits instead of failing.
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()

@@ -49,22 +49,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, MetaData, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, inspect, text
 from sqlalchemy.pool import NullPool
 
 from cogserve.errors import StorageError
-from cogserve.storage.metadata import sqlite_pragmas, translated
+from cogserve.storage.database import Base, make_engine, translated
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
-# Every module that defines tables on ``Base``: imported before comparing or autogenerating.
+# Every module that defines tables on ``Base``: imported before comparing or autogenerating. By name,
+# at that time: those modules import this one to migrate, and this one needs their tables only then.
 MODEL_MODULES = (
     "cogserve.storage.metadata",
     "cogserve.storage.accounts",
@@ -103,8 +103,6 @@ def models_metadata() -> MetaData:
     """``Base.metadata`` with every table the app defines."""
     for module in MODEL_MODULES:
         importlib.import_module(module)
-    from cogserve.storage.metadata import Base
-
     return Base.metadata
 
 
@@ -203,11 +201,11 @@ def _exclusive(engine: Engine) -> Iterator[Connection]:
                 yield connection
             return
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-            # pysqlite opens no transaction before DDL by itself: take over, and BEGIN IMMEDIATE
-            # (SQLAlchemy's documented recipe) so the write lock is held from the first statement.
-            writer = create_engine(engine.url, poolclass=NullPool)
-            event.listen(writer, "connect", _sqlite_manual_transactions)
-            event.listen(writer, "begin", _sqlite_begin_immediate)
+            # pysqlite opens no transaction before DDL by itself: BEGIN IMMEDIATE instead, so the
+            # write lock is held from the first statement, and wait long for another migration.
+            writer = make_engine(
+                engine.url, immediate=True, sqlite_busy_ms=SQLITE_BUSY_MS, poolclass=NullPool
+            )
             try:
                 with writer.connect() as connection, connection.begin():
                     yield connection
@@ -218,23 +216,11 @@ def _exclusive(engine: Engine) -> Iterator[Connection]:
             yield connection
 
 
-def _sqlite_manual_transactions(dbapi_connection: Any, record: Any) -> None:
-    sqlite_pragmas(dbapi_connection, record)
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
-    cursor.close()
-
-
-def _sqlite_begin_immediate(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def draft(message: str) -> Path:
     """Autogenerate the next revision's draft (models vs. head) into ``migrations/versions``."""
     revision = f"{int(head()) + 1:04d}"
     with tempfile.TemporaryDirectory() as scratch:
-        engine = create_engine(f"sqlite:///{scratch}/draft.db", poolclass=NullPool)
+        engine = make_engine(f"sqlite:///{scratch}/draft.db", poolclass=NullPool)
         upgrade(engine)
         with engine.begin() as connection:
             script = command.revision(

@@ -30,8 +30,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from cogserve.errors import StorageError
 from cogserve.settings import StorageSettings
-from cogserve.storage.files import is_image_id
-from cogserve.storage.images import ImageObject
+from cogserve.storage.image_store import ImageObject, is_image_id
 
 # SigV4 refuses presigned URLs that live longer than 7 days.
 MAX_PRESIGN_S = 7 * 86400

@@ -19,7 +19,7 @@ import itertools
 import time
 from dataclasses import dataclass
 
-from cogserve.storage.images import ImageStore
+from cogserve.storage.image_store import ImageStore
 from cogserve.storage.metadata import MetadataStore
 
 # An image with no row may be a write whose row is about to be committed; leave it this long.

@@ -8,9 +8,10 @@ Offline (``--sql``) mode is not supported.
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection
 from sqlalchemy.pool import NullPool
 
+from cogserve.storage.database import make_engine
 from cogserve.storage.migrate import models_metadata
 
 
@@ -34,7 +35,7 @@ else:
     url = context.config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError("set sqlalchemy.url, or run migrations through `cogserve db upgrade`")
-    engine = create_engine(url, poolclass=NullPool)
+    engine = make_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as own:
             run(own)

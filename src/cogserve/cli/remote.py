@@ -4,7 +4,7 @@ Submits ``POST /api/paas/v4/async/images/generations``, polls ``GET /api/paas/v4
 with a live progress bar (on stderr, so stdout stays parseable), then downloads the PNG. Ctrl-C and
 the overall timeout cancel the task on the server, so an abandoned request stops using the GPU.
 
-Kept free of typer, torch and the server's modules: this is a plain HTTP client.
+A plain HTTP client: free of typer, torch and the server's API and engine modules.
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
-"""What an image request means: generate -> encode -> store file and row together -> describe it."""
+"""What an image request means: admit -> moderate -> generate -> mark -> store file and row -> describe.
+
+``ImageService.generate`` is the one entry point of a synchronous request (BigModel's route asks for
+one image, OpenAI's for ``n``); async jobs (``service.jobs``) use ``admission`` when submitted and
+``produce`` when they run, because their admission outlives the HTTP request that made them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,10 +21,7 @@ from cogserve.engine import GenerationParams
 from cogserve.engine.scheduler import ImageScheduler, ProgressListener
 from cogserve.errors import ContentBlocked, InvalidField, NotFound, ServiceUnavailable, StorageError
 from cogserve.metrics import Metrics
-from cogserve.safety.images import create_image_checker
-from cogserve.safety.moderation import load_policy
-from cogserve.safety.watermark import Watermarker
-from cogserve.safety.watermark import encode_png as encode_marked_png
+from cogserve.safety import ImageChecker, Policy, Watermarker, create_image_checker, encode_png, load_policy
 from cogserve.service.access import AccessControl, AuditNote
 from cogserve.settings import Settings
 from cogserve.storage import ImageObject, ImageRow, ImageStore, MetadataStore, is_image_id, new_image_id
@@ -36,8 +37,8 @@ ResponseFormat = Literal["url", "b64_json"]
 
 
 @dataclass(frozen=True)
-class ImageJob:
-    """One validated image request, in service terms."""
+class ImageRequest:
+    """One image asked for, validated, in service terms (an OpenAI call for n images makes n)."""
 
     request_id: str
     model: str
@@ -62,6 +63,28 @@ class StoredImage:
     expires_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class Safety:
+    """The checks and marks every image passes through, built from settings by the app factory."""
+
+    policy: Policy
+    image_checker: ImageChecker | None
+    watermarker: Watermarker
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Safety:
+        safety = settings.safety
+        return cls(
+            policy=load_policy(safety.moderation_policy),
+            image_checker=create_image_checker(safety.image_checker),
+            watermarker=Watermarker(
+                label_text=safety.watermark_text,
+                font_path=safety.watermark_font,
+                server_name=safety.server_name,
+            ),
+        )
+
+
 class ImageService:
     def __init__(
         self,
@@ -70,48 +93,58 @@ class ImageService:
         files: ImageStore,
         metadata: MetadataStore,
         access: AccessControl,
+        safety: Safety,
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics or Metrics()
         self._scheduler = scheduler
         self._access = access
-        safety = settings.safety
-        self._policy = load_policy(safety.moderation_policy)
-        self._image_checker = create_image_checker(safety.image_checker)
-        self._watermarker = Watermarker(
-            label_text=safety.watermark_text, font_path=safety.watermark_font, server_name=safety.server_name
-        )
+        self._policy = safety.policy
+        self._image_checker = safety.image_checker
+        self._watermarker = safety.watermarker
         self._files = files
         self._metadata = metadata
         self.ready = False
         self.load_error: str | None = None
 
     async def generate(
-        self,
-        job: ImageJob,
-        key: ApiKey | None = None,
-        note: AuditNote | None = None,
-        on_progress: ProgressListener | None = None,
-    ) -> StoredImage:
-        """Check, generate, mark and store one image.
+        self, requests: Sequence[ImageRequest], key: ApiKey | None, note: AuditNote
+    ) -> list[StoredImage]:
+        """Check, generate, mark and store the images of one request; the stored images, in order.
 
-        In order: model ready -> user not blocked -> within limits -> prompt moderation -> watermark
-        choice allowed -> scheduler -> image moderation -> watermarks -> file, then row. Cancelling
-        the caller's task cancels it: queued work never starts, running work stops or is
-        discarded, and nothing stays stored.
+        In order: model ready -> user not blocked -> within limits -> watermark choice allowed ->
+        prompt moderation -> scheduler -> image moderation -> watermarks -> file, then row. The
+        images of one request are admitted once (one request against the key's and user's limits)
+        and submitted together, so they share a batch. Cancelling the caller's task cancels it:
+        queued work never starts, running work stops or is discarded, and nothing stays stored.
         """
-        async with self.admitted(key, job.user_id):
-            return await self.produce(job, self.watermark_wanted(job, key), note, on_progress)
+        first = requests[0]
+        async with self.admission(first, key) as watermark:
+            # The audit row has room for one image id: the first image's.
+            tasks = [
+                asyncio.ensure_future(self.produce(request, watermark, note if i == 0 else AuditNote()))
+                for i, request in enumerate(requests)
+            ]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                # gather leaves the siblings of a failed image running: stop them rather than spend
+                # the GPU on images nobody will receive (finished ones stay stored until they expire).
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks)
+                raise
 
     @asynccontextmanager
-    async def admitted(self, key: ApiKey | None, user_id: str | None) -> AsyncIterator[None]:
-        """Refuse at once if the model is not ready, the user is blocked or a limit is reached;
-        otherwise hold the request's place within its key's and user's limits until the block ends.
-        One admission may cover several images (the OpenAI route's ``n``)."""
+    async def admission(self, request: ImageRequest, key: ApiKey | None) -> AsyncIterator[bool]:
+        """Refuse at once if the model is not ready, the watermark choice is not allowed, the user
+        is blocked or a limit is reached; otherwise hold the request's place within its key's and
+        user's limits until the block ends. Yields whether its images get watermarks."""
         self.check_ready()
-        async with self._access.admitted(key, user_id):
-            yield
+        watermark = self._watermark_wanted(request, key)
+        async with self._access.admitted(key, request.user_id):
+            yield watermark
 
     def check_ready(self) -> None:
         if not self.ready:
@@ -126,7 +159,7 @@ class ImageService:
 
     async def produce(
         self,
-        job: ImageJob,
+        request: ImageRequest,
         watermark: bool,
         note: AuditNote | None = None,
         on_progress: ProgressListener | None = None,
@@ -134,27 +167,27 @@ class ImageService:
         schedule_id: str | None = None,
         timeout_s: float | None = None,
     ) -> StoredImage:
-        """Moderate, generate, mark and store one image of an admitted request.
+        """Moderate, generate, mark and store one image of an admitted request (see ``admission``).
 
         ``schedule_id`` names the work in the scheduler (``Scheduler.queue_position``); it defaults
         to the request id. ``timeout_s`` overrides the scheduler's request timeout.
         """
         note = note or AuditNote()
         # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
-        verdict = await asyncio.to_thread(self._policy.check, job.params.prompt)
+        verdict = await asyncio.to_thread(self._policy.check, request.params.prompt)
         note.moderation_level = verdict.level
         if verdict.blocked(self._settings.safety.block_level):
             log.warning(
                 "prompt refused (level %d, %s) for user_id %s",
                 verdict.level,
                 ", ".join(sorted({hit.category for hit in verdict.hits})),
-                job.user_id,
+                request.user_id,
             )
             self._metrics.moderation_block("input")
             raise ContentBlocked("input")
         created = time.time()
         output = await self._scheduler.submit(
-            job.params, schedule_id or job.request_id, on_progress, timeout_s=timeout_s
+            request.params, schedule_id or request.request_id, on_progress, timeout_s=timeout_s
         )
         image_id = new_image_id()
         png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark)
@@ -162,7 +195,7 @@ class ImageService:
         if image_level is not None:
             content_filter.append({"role": "assistant", "level": image_level})
         expires_at = created + self._settings.storage.image_ttl_days * 86400
-        row = _row_for(job, image_id, created, expires_at, output.elapsed_s, watermark)
+        row = _row_for(request, image_id, created, expires_at, output.elapsed_s, watermark)
         writing = asyncio.ensure_future(asyncio.to_thread(self._store, image_id, png, row))
         try:
             await asyncio.shield(writing)
@@ -182,9 +215,9 @@ class ImageService:
             expires_at=expires_at,
         )
 
-    def watermark_wanted(self, job: ImageJob, key: ApiKey | None) -> bool:
+    def _watermark_wanted(self, request: ImageRequest, key: ApiKey | None) -> bool:
         """Whether the image gets marked; raises InvalidField when this key may not opt out."""
-        if job.watermark_enabled is not False:
+        if request.watermark_enabled is not False:
             return True  # the cloud API's default: marked unless asked otherwise
         if key is None or key.allow_no_watermark:
             return False  # open mode is the operator's own machine
@@ -207,7 +240,7 @@ class ImageService:
         if not watermark:
             return encode_png(image), image_level
         marked = self._watermarker.apply(image, image_id)
-        return encode_marked_png(marked, self._watermarker.metadata(image_id)), image_level
+        return encode_png(marked, self._watermarker.metadata(image_id)), image_level
 
     def _store(self, image_id: str, png: bytes, row: ImageRow) -> None:
         # Image first, then the row: a row never points at a missing image (an unreachable store
@@ -277,37 +310,31 @@ class ImageService:
             await asyncio.sleep(self._settings.storage.sweep_interval_s)
 
 
-def encode_png(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _row_for(
-    job: ImageJob, image_id: str, created: float, expires_at: float, elapsed: float, watermark: bool
+    request: ImageRequest, image_id: str, created: float, expires_at: float, elapsed: float, watermark: bool
 ) -> ImageRow:
-    params = job.params
+    params = request.params
     check = None
-    if job.sensitive_word_check is not None:
-        check = json.dumps(job.sensitive_word_check, ensure_ascii=False)
+    if request.sensitive_word_check is not None:
+        check = json.dumps(request.sensitive_word_check, ensure_ascii=False)
     return ImageRow(
         id=image_id,
         created_at=created,
         expires_at=expires_at,
-        model=job.model,
+        model=request.model,
         prompt=params.prompt,
         width=params.width,
         height=params.height,
-        quality=job.quality,
+        quality=request.quality,
         steps=params.steps,
         guidance_scale=params.guidance_scale,
         seed=params.seed,
-        user_id=job.user_id,
-        request_id=job.request_id,
+        user_id=request.user_id,
+        request_id=request.request_id,
         duration_s=elapsed,
-        response_format=job.response_format,
-        user=job.user,
-        style=job.style,
+        response_format=request.response_format,
+        user=request.user,
+        style=request.style,
         sensitive_word_check=check,
         watermark_enabled=watermark,
     )

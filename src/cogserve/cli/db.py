@@ -1,78 +1,44 @@
-"""``cogserve db``: the metadata database's schema, migrated with Alembic (``storage.migrate``).
+"""``cogserve db`` (the metadata database's schema) and ``cogserve gc`` (expired images).
 
-The server and the other commands migrate to the newest schema themselves when they start; run
-``db upgrade`` to do it ahead of a rollout (one step, before N new processes start), and
-``db current`` to see where a database stands.
+The schema is migrated with Alembic (``storage.migrate``). The server and the other commands
+migrate to the newest schema themselves when they start; run ``db upgrade`` to do it ahead of a
+rollout (one step, before N new processes start), and ``db current`` to see where a database stands.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from cogserve.errors import CogserveError
-from cogserve.settings import Settings
+from cogserve.cli.options import (
+    DatabaseUrl,
+    DataDir,
+    ImageStore,
+    S3EndpointUrl,
+    build_settings,
+    configure_process,
+    open_metadata,
+    storage_flags,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 db_app = typer.Typer(help="Migrate the metadata database's schema.", no_args_is_help=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data dir holding the SQLite DB [COGSERVE_STORAGE__DATA_DIR]"),
-]
-DatabaseUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host:5432/cogserve; overrides --data-dir "
-        "[COGSERVE_STORAGE__DATABASE_URL]",
-    ),
-]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    return typer.Exit(1)
-
-
-def _explained(exc: CogserveError) -> str:
-    """The error, with the driver's first line of why (an operator at a terminal needs it)."""
-    cause = getattr(exc.__cause__, "orig", None) or exc.__cause__
-    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
-    return f"{exc.message}: {reason}" if reason and reason not in exc.message else exc.message
-
 
 @contextmanager
 def _database(data_dir: Path | None, database_url: str | None) -> Iterator[Engine]:
-    from cogserve.storage import MetadataStore
-
-    storage: dict[str, Any] = {}
-    if data_dir is not None:
-        storage["data_dir"] = data_dir
-    if database_url:
-        storage["database_url"] = database_url
-    try:
-        settings = Settings(storage=storage) if storage else Settings()
-    except ValidationError as exc:
-        raise _fail(str(exc.errors(include_url=False)[0]["msg"])) from None
-    try:
-        store = MetadataStore(settings.database_url)
-    except CogserveError as exc:
-        raise _fail(_explained(exc)) from None
-    try:
+    """The engine of the database the storage options name, as it is (not migrated)."""
+    settings = build_settings(storage=storage_flags(data_dir, database_url))
+    with open_metadata(settings) as store:
         typer.echo(f"database: {store.engine.url.render_as_string(hide_password=True)}", err=True)
         yield store.engine
-    except CogserveError as exc:
-        raise _fail(_explained(exc)) from None
-    finally:
-        store.close()
 
 
 @db_app.command("upgrade")
@@ -98,7 +64,7 @@ def current(
 ) -> None:
     """Show the schema revision, and whether it is the newest."""
     from cogserve.storage import migrate
-    from cogserve.storage.metadata import translated
+    from cogserve.storage.database import translated
 
     newest = migrate.head()
     with _database(data_dir, database_url) as engine:
@@ -119,3 +85,25 @@ def current(
         typer.echo(f"none: no cogserve tables yet; newest is {newest}: {advice}")
     if check:
         raise typer.Exit(1)
+
+
+def gc(
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    image_store: ImageStore = None,
+    s3_endpoint_url: S3EndpointUrl = None,
+) -> None:
+    """Delete expired images (bytes and rows), and files a crash left behind."""
+    from cogserve.storage import create_image_store
+    from cogserve.storage.sweep import sweep
+
+    settings = build_settings(storage=storage_flags(data_dir, database_url, image_store, s3_endpoint_url))
+    configure_process(settings, "warning")
+    started = time.perf_counter()
+    with open_metadata(settings) as metadata:
+        metadata.create_schema()
+        report = sweep(create_image_store(settings), metadata)
+    typer.echo(
+        f"deleted {report.expired} expired images, {report.orphan_files} orphan files, "
+        f"{report.temp_files} temp files in {time.perf_counter() - started:.2f} s"
+    )

@@ -1,21 +1,32 @@
-"""Where image bytes live: the ``ImageStore`` protocol, and the factory that picks one from settings.
+"""What every image store is: the ``ImageStore`` protocol, the ``ImageObject`` it opens, image ids.
 
 Two implementations: ``files.LocalImageStore`` (a folder in the data dir, the default) and
-``s3.S3ImageStore`` (any S3-compatible store, the ``s3`` extra). Both address images only by ids that
-match ``files.IMAGE_ID_RE``, and both raise ``StorageError`` for every failure of their backend.
+``s3.S3ImageStore`` (any S3-compatible store, the ``s3`` extra); ``factory.create_image_store``
+picks one from settings. Both address images only by ids that match ``IMAGE_ID_RE``, and both
+raise ``StorageError`` for every failure of their backend. This module imports neither, so both
+import it.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from cogserve.errors import ConfigError
+# 24 random bytes, URL-safe base64: 192 bits, so URLs are unguessable capabilities.
+_ID_BYTES = 24
+IMAGE_ID_RE = re.compile(r"[A-Za-z0-9_-]{32}")
 
-if TYPE_CHECKING:
-    from cogserve.settings import Settings
+
+def new_image_id() -> str:
+    return secrets.token_urlsafe(_ID_BYTES)
+
+
+def is_image_id(value: str) -> bool:
+    return IMAGE_ID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -79,19 +90,3 @@ class ImageStore(Protocol):
         """A URL that fetches the image without credentials for ``expires_in_s`` seconds (capped at
         the backend's limit), or None where the backend has no such URLs (local files)."""
         ...
-
-
-def create_image_store(settings: Settings) -> ImageStore:
-    """The store ``settings.storage.image_store`` names: S3 for an s3:// URL, else the data dir."""
-    storage = settings.storage
-    if storage.image_store is None:
-        from cogserve.storage.files import LocalImageStore
-
-        return LocalImageStore(settings.images_dir)
-    try:
-        from cogserve.storage.s3 import S3ImageStore
-    except ImportError as exc:
-        raise ConfigError(
-            f"image_store is {storage.image_store}, which needs boto3: pip install 'cogserve[s3]'"
-        ) from exc
-    return S3ImageStore.from_settings(storage)

@@ -1,7 +1,8 @@
 """``cogserve keys``, ``cogserve users`` and ``cogserve usage``: accounts, kept in the metadata DB.
 
 They work on the database directly, so they run beside a live server (SQLite WAL allows it) and
-take effect on its next request.
+take effect on its next request. Each migrates the database to the newest schema first, as the
+server does on start.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cogserve.errors import CogserveError
+from cogserve.cli.options import (
+    DatabaseUrl,
+    DataDir,
+    build_settings,
+    fail,
+    open_metadata,
+    storage_flags,
+)
 from cogserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -23,31 +31,16 @@ if TYPE_CHECKING:
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 users_app = typer.Typer(help="Block and unblock end users (the requests' user_id).", no_args_is_help=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Images, metadata DB, built-in model [COGSERVE_STORAGE__DATA_DIR]"),
-]
-
-
-def _settings(data_dir: Path | None) -> Settings:
-    return Settings(storage={"data_dir": data_dir}) if data_dir else Settings()
-
 
 @contextmanager
-def _accounts(data_dir: Path | None) -> Iterator[tuple[Settings, AccountStore]]:
-    from cogserve.storage import MetadataStore
+def _accounts(data_dir: Path | None, database_url: str | None) -> Iterator[tuple[Settings, AccountStore]]:
+    """The settings and the account tables the storage options name, on a migrated database."""
     from cogserve.storage.accounts import AccountStore
 
-    settings = _settings(data_dir)
-    metadata = MetadataStore(settings.database_url)
-    try:
+    settings = build_settings(storage=storage_flags(data_dir, database_url))
+    with open_metadata(settings) as metadata:
         metadata.create_schema()
         yield settings, AccountStore(metadata.engine)
-    except CogserveError as exc:
-        typer.secho(f"error: {exc.message}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
-    finally:
-        metadata.close()
 
 
 def _when(timestamp: float | None) -> str:
@@ -71,12 +64,13 @@ def keys_create(
         bool, typer.Option("--allow-no-watermark", help="Let this key send watermark_enabled=false")
     ] = False,
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Create a key and print it once: it cannot be shown again."""
     from cogserve.auth import ApiKeys, SecretBox
     from cogserve.service.access import server_key
 
-    with _accounts(data_dir) as (settings, store):
+    with _accounts(data_dir, database_url) as (settings, store):
         keys = ApiKeys(store, SecretBox(server_key(settings)))
         key, full = keys.create(
             name, rpm_limit=rpm, concurrency_limit=concurrency, allow_no_watermark=allow_no_watermark
@@ -90,9 +84,9 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDir = None) -> None:
+def keys_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """List keys (never their secrets)."""
-    with _accounts(data_dir) as (_, store):
+    with _accounts(data_dir, database_url) as (_, store):
         rows = store.list_keys()
     typer.echo(f"{'id':<24}  {'name':<16}  {'created':<20}  {'revoked':<20}  rpm / in flight  last used")
     for row in rows:
@@ -107,9 +101,10 @@ def keys_list(data_dir: DataDir = None) -> None:
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (the part before the dot)")],
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Revoke a key; its next request gets 401/1004."""
-    with _accounts(data_dir) as (_, store):
+    with _accounts(data_dir, database_url) as (_, store):
         revoked = store.revoke_key(key_id)
     if not revoked:
         typer.secho(f"no active key {key_id}", err=True, fg=typer.colors.RED)
@@ -122,19 +117,22 @@ def users_block(
     user_id: Annotated[str, typer.Argument(help="The user_id the requests carry")],
     reason: Annotated[str, typer.Option(help="Shown to the client in the 403 message")] = "",
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Refuse every request carrying this user_id (403/1112), whichever key sends it."""
-    with _accounts(data_dir) as (_, store):
+    with _accounts(data_dir, database_url) as (_, store):
         store.block_user(user_id, reason)
     typer.echo(f"blocked {user_id}")
 
 
 @users_app.command("unblock")
 def users_unblock(
-    user_id: Annotated[str, typer.Argument(help="A blocked user_id")], data_dir: DataDir = None
+    user_id: Annotated[str, typer.Argument(help="A blocked user_id")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Let this user_id through again."""
-    with _accounts(data_dir) as (_, store):
+    with _accounts(data_dir, database_url) as (_, store):
         unblocked = store.unblock_user(user_id)
     if not unblocked:
         typer.secho(f"{user_id} was not blocked", err=True, fg=typer.colors.RED)
@@ -149,6 +147,7 @@ def usage(
     key: Annotated[str | None, typer.Option(help="Only this key id")] = None,
     user: Annotated[str | None, typer.Option(help="Only this user_id")] = None,
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
 ) -> None:
     """Requests per key and user, by outcome, from the audit log."""
     start = None
@@ -156,10 +155,9 @@ def usage(
         try:
             parsed = dt.datetime.fromisoformat(since)
         except ValueError:
-            typer.secho(f"error: --since {since!r} is not an ISO date or time", err=True, fg=typer.colors.RED)
-            raise typer.Exit(2) from None
+            fail(f"--since {since!r} is not an ISO date or time")
         start = (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
-    with _accounts(data_dir) as (_, store):
+    with _accounts(data_dir, database_url) as (_, store):
         rows = store.usage(since=start, key_id=key, user_id=user)
     typer.echo(
         f"{'key':<24}  {'user_id':<20}  {'requests':>8}  {'ok':>6}  {'flagged':>7}  {'limited':>7}  "

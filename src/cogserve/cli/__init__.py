@@ -1,0 +1,34 @@
+"""The ``cogserve`` command: its typer ``app`` and ``main``, with every command attached.
+
+Flags are optional overrides: a flag left out falls back to its ``COGSERVE_...`` environment
+variable, then to the default in ``settings.py``.
+
+- ``options``: the options commands share (storage, model) and Settings built from them;
+- ``serve``, ``generate``, ``watermark`` (``verify-watermark``), ``accounts`` (``keys``, ``users``,
+  ``usage``), ``db`` (``db upgrade``, ``db current``, ``gc``): one module per command or group;
+- ``remote``: the HTTP client behind ``generate --server``.
+"""
+
+import typer
+
+from cogserve.cli import accounts, db, generate, serve, watermark
+
+app = typer.Typer(
+    help="Self-hosted CogView-4 image generation (BigModel-compatible API).", no_args_is_help=True
+)
+app.command("serve")(serve.serve)
+app.command("generate")(generate.generate)
+app.command("verify-watermark")(watermark.verify_watermark)
+app.command("gc")(db.gc)
+app.command("usage")(accounts.usage)
+app.add_typer(accounts.keys_app, name="keys")
+app.add_typer(accounts.users_app, name="users")
+app.add_typer(db.db_app, name="db")
+
+
+def main() -> None:
+    """Run the ``cogserve`` command (the console script and ``python -m cogserve``)."""
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,172 @@
+"""What the commands share: the storage and model options, and Settings built from flags and env.
+
+Each option is defined once here, with its ``COGSERVE_...`` variable in the help text; a flag left
+out falls back to that variable, then to the default in ``settings.py``. ``build_settings`` is the
+one way a command turns its flags into ``Settings``: a bad value (from a flag or the environment)
+ends the command with exit status 2 and one line naming the setting, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from cogserve.errors import CogserveError
+from cogserve.logs import configure_logging
+from cogserve.settings import Settings
+
+if TYPE_CHECKING:
+    from cogserve.storage import MetadataStore
+
+#: Exit status for a bad flag or setting, as click uses for usage errors.
+EXIT_BAD_CONFIG = 2
+#: Exit status for a failure while working (a database, a disk, the model).
+EXIT_FAILED = 1
+
+# Storage, as serve takes it. Every command that opens the metadata DB takes --data-dir and
+# --database-url; gc, which deletes image bytes, takes --image-store and --s3-endpoint-url too;
+# --presigned-urls shapes links, so only serve takes it.
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Images, the SQLite metadata DB, the server key and the built-in model "
+        "[COGSERVE_STORAGE__DATA_DIR]",
+    ),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Metadata DB as an SQLAlchemy URL, e.g. postgresql+psycopg://user@host:5432/cogserve; "
+        "unset: the SQLite file in --data-dir [COGSERVE_STORAGE__DATABASE_URL]",
+    ),
+]
+ImageStore = Annotated[
+    str | None,
+    typer.Option(
+        "--image-store",
+        help="s3://bucket/prefix; unset: files in --data-dir [COGSERVE_STORAGE__IMAGE_STORE]",
+    ),
+]
+S3EndpointUrl = Annotated[
+    str | None,
+    typer.Option("--s3-endpoint-url", help="S3-compatible endpoint [COGSERVE_STORAGE__S3_ENDPOINT_URL]"),
+]
+PresignedUrls = Annotated[
+    bool | None,
+    typer.Option(
+        "--presigned-urls/--no-presigned-urls",
+        help="With an s3:// --image-store, link presigned S3 URLs [COGSERVE_STORAGE__PRESIGNED_URLS]",
+    ),
+]
+
+# Model: shared by serve and generate.
+ModelPath = Annotated[
+    str | None,
+    typer.Option("--model-path", help="CogView4 diffusers folder or cached repo id [COGSERVE_MODEL__PATH]"),
+]
+Builtin = Annotated[
+    str | None,
+    typer.Option(
+        "--builtin",
+        help="Built-in model when no --model-path: shapes (trained; draws flat shapes) | tiny-random "
+        "(noise; for tests) [COGSERVE_MODEL__BUILTIN]",
+    ),
+]
+AllowDownload = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-download/--no-download", help="Let a repo id be downloaded [COGSERVE_MODEL__ALLOW_DOWNLOAD]"
+    ),
+]
+Device = Annotated[
+    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N [COGSERVE_MODEL__DEVICE]")
+]
+DType = Annotated[str | None, typer.Option("--dtype", help="auto | bf16 | fp32 [COGSERVE_MODEL__DTYPE]")]
+
+
+def storage_flags(
+    data_dir: Path | None,
+    database_url: str | None,
+    image_store: str | None = None,
+    s3_endpoint_url: str | None = None,
+    presigned_urls: bool | None = None,
+) -> dict[str, Any]:
+    """The ``storage`` area for ``build_settings`` from the storage options."""
+    return {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "image_store": image_store,
+        "s3_endpoint_url": s3_endpoint_url,
+        "presigned_urls": presigned_urls,
+    }
+
+
+def fail(message: str, code: int = EXIT_BAD_CONFIG) -> NoReturn:
+    """Print ``error: <message>`` in red on stderr and end the command with ``code``."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def build_settings(**areas: dict[str, Any]) -> Settings:
+    """Settings from env and defaults, with the flags that were given (not None) laid on top.
+
+    ``areas`` maps a settings area (``storage``, ``model``, ...) to its flags' values. Invalid
+    settings end the command: ``error: invalid setting <area>.<field>: <why>``, exit status 2.
+    """
+    overrides: dict[str, Any] = {
+        area: {key: value for key, value in values.items() if value is not None}
+        for area, values in areas.items()
+    }
+    try:
+        return Settings(**{area: values for area, values in overrides.items() if values})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        fail(f"invalid setting {where}: {str(first['msg']).removeprefix('Value error, ')}")
+    except SettingsError as exc:  # an environment variable that is not valid JSON for its area
+        fail(f"invalid setting: {exc}")
+
+
+def configure_process(settings: Settings, log_level: str) -> None:
+    """Logging as the settings ask, and no model downloads unless they are allowed."""
+    configure_logging(log_level, settings.server.log_format)
+    # The server never reaches the hub at run time unless told to.
+    if not settings.model.allow_download:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def explained(exc: CogserveError) -> str:
+    """The error, with the driver's first line of why (an operator at a terminal needs it)."""
+    cause = getattr(exc.__cause__, "orig", None) or exc.__cause__
+    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+    return f"{exc.message}: {reason}" if reason and reason not in exc.message else exc.message
+
+
+@contextmanager
+def open_metadata(settings: Settings) -> Iterator[MetadataStore]:
+    """The metadata DB that ``settings`` names, closed on the way out.
+
+    A ``CogserveError`` while opening it or inside the ``with`` block ends the command with
+    ``error: <message>: <driver's reason>`` and exit status 1. The schema is left as it is.
+    """
+    from cogserve.storage import MetadataStore
+
+    try:
+        store = MetadataStore(settings.database_url)
+    except CogserveError as exc:
+        fail(explained(exc), code=EXIT_FAILED)
+    try:
+        yield store
+    except CogserveError as exc:
+        fail(explained(exc), code=EXIT_FAILED)
+    finally:
+        store.close()

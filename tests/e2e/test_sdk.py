@@ -1,4 +1,4 @@
-"""The seed's own example, unchanged but for base_url, against a live server; and zai-sdk."""
+"""BigModel's documented example, unchanged but for base_url, against a live server; and zai-sdk."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def test_same_seed_same_picture(engine: PipelineEngine) -> None:
 
 @IN_TRAINING
 def test_what_a_prompt_leaves_out_is_the_seeds_choice(engine: PipelineEngine) -> None:
-    prompt = "a circle"  # colour, size, place and background are the seed's choice
+    prompt = "a circle"  # colour, size, place and background are chosen by the seed
     first = np.asarray(draw(engine, prompt, 512, 512, 7))
     others = [np.asarray(draw(engine, prompt, 512, 512, seed)) for seed in (8, 9)]
     assert all(np.abs(first.astype(int) - o.astype(int)).mean() > 10 for o in others)

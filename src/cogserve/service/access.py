@@ -19,7 +19,7 @@ from cogserve.errors import (
     UserBlocked,
 )
 from cogserve.settings import Settings
-from cogserve.storage.accounts import AccountStore, AuditEntry, Outcome
+from cogserve.storage.accounts import AccountStore, AuditEntry, AuditOutcome
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _code_of(error: BaseException | None) -> str | None:
     return "499" if isinstance(error, asyncio.CancelledError) else "500"
 
 
-def outcome_of(error: BaseException | None) -> Outcome:
+def outcome_of(error: BaseException | None) -> AuditOutcome:
     if error is None:
         return "ok"
     if isinstance(error, AuthError):

@@ -35,7 +35,7 @@ from cogserve.service.access import AccessControl
 from cogserve.service.generation import ImageRequest, ImageService
 from cogserve.service.webhooks import check_webhook_url, deliver
 from cogserve.settings import Settings
-from cogserve.storage.jobs import ACTIVE, JobRow, JobStore, Outcome, Status, is_job_id, new_job_id
+from cogserve.storage.jobs import ACTIVE, JobOutcome, JobRow, JobStore, Status, is_job_id, new_job_id
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class JobService:
     async def _run(self, row: JobRow, local: _Local, stack: AsyncExitStack | None) -> None:
         spec = json.loads(row.spec)
         job = _job_from(spec["job"])
-        outcome: Outcome | None = None
+        outcome: JobOutcome | None = None
         try:
             async with self._access.audit(job.request_id, self._audit_route) as note:
                 note.key_id, note.user_id = row.key_id, job.user_id
@@ -188,7 +188,7 @@ class JobService:
                     schedule_id=row.id,
                     timeout_s=remaining,
                 )
-            outcome = Outcome(
+            outcome = JobOutcome(
                 status="success",
                 image_id=stored.image_id,
                 image_created=stored.created,
@@ -197,10 +197,10 @@ class JobService:
         except asyncio.CancelledError:
             raise  # cancelled by its owner (the row already says so) or handed back at stop
         except CogserveError as exc:
-            outcome = Outcome(status="fail", error_code=exc.code, error_message=exc.message)
+            outcome = JobOutcome(status="fail", error_code=exc.code, error_message=exc.message)
         except Exception:
             log.exception("async job %s failed", row.id)
-            outcome = Outcome(
+            outcome = JobOutcome(
                 status="fail", error_code="500", error_message=f"internal error in job {row.id}"
             )
         finally:
@@ -210,7 +210,7 @@ class JobService:
             if outcome is not None:
                 await self._record(row, outcome)
 
-    async def _record(self, row: JobRow, outcome: Outcome) -> None:
+    async def _record(self, row: JobRow, outcome: JobOutcome) -> None:
         webhook = row.webhook_url is not None
         try:
             finished = await asyncio.to_thread(
@@ -293,7 +293,7 @@ class JobService:
         for row in rows:
             if row.attempts > self._jobs.max_attempts:
                 message = f"the server stopped {row.attempts - 1} times while this job ran; not retried again"
-                await self._record(row, Outcome(status="fail", error_code="1230", error_message=message))
+                await self._record(row, JobOutcome(status="fail", error_code="1230", error_message=message))
                 continue
             log.info("resuming job %s (run %d of at most %d)", row.id, row.attempts, self._jobs.max_attempts)
             self._start(row, None)

@@ -1,7 +1,7 @@
 """Captions for shapes-world pictures, in English and Chinese, with many phrasings.
 
 A caption names each shape and may leave out its colour, size and position and the background: what
-it leaves out is the model's (the seed's) choice. ``Mention`` records what a caption said, in the
+it leaves out is chosen by the request's seed. ``Mention`` records what a caption said, in the
 order it said it; the training code uses it as the text encoder's auxiliary target.
 
 Templates are numbered per language; ``HELD_OUT_TEMPLATES`` are never used in training, so the
@@ -323,7 +323,7 @@ def describe(
 
 
 def off_world(rng: random.Random, language: Language) -> Caption:
-    """A caption that says nothing this world knows: the picture is entirely the seed's choice."""
+    """A caption that says nothing this world knows: the picture is chosen entirely by the request's seed."""
     text = _pick(rng, _EN_OFF_WORLD if language == "en" else _ZH_OFF_WORLD) if rng.random() < 0.8 else ""
     return Caption(text, language, -1, None, ())
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 from cogserve.auth.identity import ApiKey
 from cogserve.storage.database import Base, translated
 
-Outcome = Literal["ok", "moderation_block", "auth_failed", "rate_limited", "blocked_user", "error"]
+AuditOutcome = Literal["ok", "moderation_block", "auth_failed", "rate_limited", "blocked_user", "error"]
 
 
 class ApiKeyRow(Base):
@@ -96,7 +96,7 @@ class AuditEntry:
 
     request_id: str
     route: str
-    outcome: Outcome
+    outcome: AuditOutcome
     duration_s: float
     key_id: str | None = None
     user_id: str | None = None
@@ -234,7 +234,7 @@ class AccountStore:
     ) -> list[Usage]:
         """Requests per (key, end user) since a time, busiest first; filters are ANDed."""
 
-        def count(outcome: Outcome) -> ColumnElement[int]:
+        def count(outcome: AuditOutcome) -> ColumnElement[int]:
             return func.coalesce(func.sum(case((AuditRow.outcome == outcome, 1), else_=0)), 0)
 
         query = select(

@@ -73,7 +73,7 @@ class JobRow(Base):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class JobOutcome:
     """How a job ended: an image, or an error."""
 
     status: Literal["success", "fail"]
@@ -97,7 +97,7 @@ class JobStore:
             return session.get(JobRow, job_id)
 
     def finish(
-        self, job_id: str, worker: str | None, outcome: Outcome, webhook: bool, lease_s: float = 0.0
+        self, job_id: str, worker: str | None, outcome: JobOutcome, webhook: bool, lease_s: float = 0.0
     ) -> bool:
         """Record the final state if the job is still active (and, given ``worker``, still ours).
 

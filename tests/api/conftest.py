@@ -1,5 +1,9 @@
 """Every API test that builds settings runs twice: metadata in SQLite, then in PostgreSQL.
 
+The PostgreSQL run is marked ``slow``: it is the whole API suite a second time (~5 min on 2 cores),
+so the fast tier (``-m "not slow"``) runs each API test once, on SQLite. PostgreSQL's own SQL stays
+in the fast tier through tests/storage (migrations) and tests/auth (the shared limiter).
+
 ``make_settings`` (tests/conftest.py) is wrapped so the settings name the backend's database: no
 URL for SQLite (the file in the test's data dir, as before), a fresh database on the session's
 PostgreSQL server for PostgreSQL (created for the test, dropped after it). Without PostgreSQL
@@ -18,7 +22,7 @@ from cogserve.settings import Settings
 from tests.components.postgres import postgres_server  # noqa: F401  (the session's server fixture)
 from tests.helpers import CountingEngine
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -65,7 +65,12 @@ def test_b64_json_returns_the_png_inline(client: TestClient) -> None:
     assert png_size(base64.b64decode(item["b64_json"])) == (768, 512)
 
 
-@pytest.mark.parametrize("size", RECOMMENDED_SIZES)
+SLOW = pytest.mark.slow
+# About 1 MP each (3-8 s): 1024x1024 in the fast tier, the other six in the full one.
+SEVEN = [size if size == "1024x1024" else pytest.param(size, marks=SLOW) for size in RECOMMENDED_SIZES]
+
+
+@pytest.mark.parametrize("size", SEVEN)
 def test_the_seven_recommended_sizes_are_generated_at_that_size(client: TestClient, size: str) -> None:
     response = generate(client, size=size)
     assert response.status_code == 200, response.text
@@ -73,7 +78,8 @@ def test_the_seven_recommended_sizes_are_generated_at_that_size(client: TestClie
     assert png_size(fetch_png(client, response.json()["data"][0]["url"])) == (width, height)
 
 
-@pytest.mark.parametrize("size", ["512x512", "2048x1024", "512x2048"])
+# 2048x1024 is 2 MP, ~9-18 s: the full tier's.
+@pytest.mark.parametrize("size", ["512x512", pytest.param("2048x1024", marks=SLOW), "512x2048"])
 def test_boundary_sizes_are_generated(client: TestClient, size: str) -> None:
     response = generate(client, size=size, response_format="b64_json")
     assert response.status_code == 200, response.text

@@ -161,7 +161,6 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.slow  # a real child process and real heartbeats: ~10 s
 def test_slots_of_a_killed_process_count_while_it_beats_then_lapse(
     make_limiter: Callable[..., DatabaseLimiter], database_url: str
 ) -> None:

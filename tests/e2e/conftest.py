@@ -82,8 +82,9 @@ def stop_server(process: subprocess.Popen[bytes]) -> int:
     return process.returncode
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
+    """One open server (no keys) for every module that just needs one: starting one costs seconds."""
     running = start_server(tmp_path_factory.mktemp("server") / "data", models_dir)
     yield running
     stop_server(running.process)

@@ -14,6 +14,9 @@ from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_cli import run
 from tests.helpers import IMAGES, download_png, open_png
 
+# A live server for the module, keys made with the cogserve command (a subprocess each time).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> tuple[Server, str]:

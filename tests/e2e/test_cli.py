@@ -8,11 +8,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, update
 
 from cogserve.storage import ImageRow
 from tests.e2e.conftest import COGSERVE, cli_env, start_server, stop_server
 from tests.helpers import png_size
+
+# Every test runs the cogserve command as a subprocess (torch and the pipeline imported each time).
+pytestmark = pytest.mark.slow
 
 
 def run(

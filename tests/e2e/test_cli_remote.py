@@ -18,6 +18,9 @@ from tests.e2e.conftest import COGSERVE, Server, cli_env, free_port, start_serve
 from tests.e2e.test_cli import run
 from tests.helpers import png_size
 
+# A live server for the module and the cogserve command as a subprocess in every test.
+pytestmark = pytest.mark.slow
+
 # hd is made slow on this server (200 tiny steps at 1024x1024 take minutes on a CPU), so a job can
 # be caught running; standard stays at the fast 2 steps of cli_env.
 SLOW = ["--quality", "hd", "--size", "1024x1024"]

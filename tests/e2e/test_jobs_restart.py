@@ -9,11 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from cogserve.storage import MetadataStore
 from cogserve.storage.jobs import JobRow, JobStore
 from tests.e2e.conftest import start_server, stop_server
 from tests.helpers import WebhookReceiver, png_size
+
+# Servers started, killed and restarted, jobs with 12 hd steps: ~30-110 s per test.
+pytestmark = pytest.mark.slow
 
 SUBMIT = "/api/paas/v4/async/images/generations"
 ENV = {

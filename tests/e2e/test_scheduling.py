@@ -12,6 +12,9 @@ import pytest
 from tests.e2e.conftest import start_server, stop_server
 from tests.helpers import IMAGES, png_size
 
+# Each test starts its own server and runs real concurrent clients against it.
+pytestmark = pytest.mark.slow
+
 
 def _post(url: str, size: str = "512x512", timeout: float = 120, **body: object) -> httpx.Response:
     payload = {"model": "cogview-4", "prompt": "a lighthouse at dusk", "size": size, **body}

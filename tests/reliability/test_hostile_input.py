@@ -801,6 +801,7 @@ def test_catalogue_size() -> None:
 
 
 # -- over real sockets: one live server -------------------------------------------------------------------
+# All slow: the server's start-up, and the 2 s body and header deadlines that many of these wait out.
 
 
 @pytest.fixture(scope="module")
@@ -976,6 +977,7 @@ LIVE_CASES: list[Any] = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("request_bytes", "status", "code"), LIVE_CASES)
 def test_live_hostile_request(live: Server, request_bytes: bytes, status: int, code: str | None) -> None:
     answer = exchange(live, request_bytes)
@@ -993,6 +995,7 @@ def test_live_hostile_request(live: Server, request_bytes: bytes, status: int, c
     assert httpx.get(f"{live.url}/healthz", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_a_stalled_body_is_cut_off_with_408(live: Server) -> None:
     """uvicorn has no body timeout: cogserve's middleware gives the body body_timeout_s to arrive."""
     head = POST_IMAGES + b"Content-Length: %d\r\n\r\n" % len(VALID)
@@ -1003,6 +1006,7 @@ def test_a_stalled_body_is_cut_off_with_408(live: Server) -> None:
     assert BODY_TIMEOUT_S - 0.1 <= answer.elapsed < BODY_TIMEOUT_S + 3
 
 
+@pytest.mark.slow
 def test_a_content_length_longer_than_the_body_is_cut_off_with_408(live: Server) -> None:
     head = POST_IMAGES + b"Content-Length: %d\r\n\r\n" % (len(VALID) + 100)
     answer = exchange(live, head + VALID, timeout=BODY_TIMEOUT_S + 8)
@@ -1034,6 +1038,7 @@ def trickle(server: Server, first: bytes, pieces: list[bytes], every_s: float) -
     return answer, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_a_trickled_body_is_cut_off_at_the_deadline(live: Server) -> None:
     """Slow-loris on the body: bytes keep coming, but the whole body must be there by the deadline."""
     head = POST_IMAGES + b"Content-Length: %d\r\n\r\n" % (len(VALID) + 1000)
@@ -1051,15 +1056,18 @@ def _assert_head_timed_out(answer: Answer) -> None:
     assert answer.closed and HEADER_TIMEOUT_S - 0.1 <= answer.elapsed < HEADER_TIMEOUT_S + 3
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_nothing_is_closed_with_408(live: Server) -> None:
     """uvicorn has no header timeout: cogserve's protocol gives the head header_timeout_s."""
     _assert_head_timed_out(exchange(live, b"", timeout=HEADER_TIMEOUT_S + 8))
 
 
+@pytest.mark.slow
 def test_a_head_that_never_ends_is_cut_off_with_408(live: Server) -> None:
     _assert_head_timed_out(exchange(live, b"GET /healthz HTTP/1.1\r\n" + HOST, timeout=HEADER_TIMEOUT_S + 8))
 
 
+@pytest.mark.slow
 def test_a_trickled_head_is_cut_off_at_the_deadline(live: Server) -> None:
     """Slow-loris on the headers: a header line every 0.2 s, forever."""
     lines = [b"X-Slow-%d: 1\r\n" % n for n in range(100)]
@@ -1068,6 +1076,7 @@ def test_a_trickled_head_is_cut_off_at_the_deadline(live: Server) -> None:
     assert elapsed < HEADER_TIMEOUT_S + 3
 
 
+@pytest.mark.slow
 def test_a_stalled_head_on_a_kept_alive_connection_is_cut_off_too(live: Server) -> None:
     first = b"GET /healthz HTTP/1.1\r\n" + HOST + b"\r\n"
     answer = exchange(live, first + b"GET /healthz HTTP/1.1\r\n", timeout=HEADER_TIMEOUT_S + 8)
@@ -1076,11 +1085,13 @@ def test_a_stalled_head_on_a_kept_alive_connection_is_cut_off_too(live: Server) 
     assert HEADER_TIMEOUT_S - 0.1 <= answer.elapsed < HEADER_TIMEOUT_S + 3
 
 
+@pytest.mark.slow
 def test_a_slow_head_within_the_deadline_is_served(live: Server) -> None:
     answer = exchange(live, b"GET /healthz HTTP/1.1\r\n", then=HOST + CLOSE + b"\r\n", pause=1.0)
     assert answer.status == 200 and answer.elapsed >= 1.0
 
 
+@pytest.mark.slow
 def test_an_idle_kept_alive_connection_outlives_the_clients_own_expiry(live: Server) -> None:
     """httpx (so zhipuai and openai) drops idle connections after 5 s. Were the server to close at
     the same moment (uvicorn's default is also 5 s), a POST sent on the closing connection would
@@ -1100,6 +1111,7 @@ def test_an_idle_kept_alive_connection_outlives_the_clients_own_expiry(live: Ser
         connection.close()
 
 
+@pytest.mark.slow
 def test_a_content_length_shorter_than_the_body(live: Server) -> None:
     """The body is cut at Content-Length; the rest is parsed as the next request, which uvicorn
     refuses (400 text/plain) and closes. Nothing reaches a route as a smuggled request."""
@@ -1109,6 +1121,7 @@ def test_a_content_length_shorter_than_the_body(live: Server) -> None:
     assert httpx.get(f"{live.url}/healthz", timeout=5).status_code == 200
 
 
+@pytest.mark.slow
 def test_half_sent_headers_do_not_stall_other_clients(live: Server) -> None:
     """Slow-loris on the headers. Measured: uvicorn (httptools) sets no timeout before a request's
     headers are complete, so these connections stay open until their clients leave (put a proxy
@@ -1128,6 +1141,7 @@ def test_half_sent_headers_do_not_stall_other_clients(live: Server) -> None:
             sock.close()
 
 
+@pytest.mark.slow
 def test_after_the_live_catalogue_the_server_generates(live: Server) -> None:
     assert httpx.get(f"{live.url}/healthz", timeout=5).status_code == 200
     assert httpx.get(f"{live.url}/readyz", timeout=5).status_code == 200

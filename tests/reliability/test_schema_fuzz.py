@@ -36,6 +36,9 @@ from tests.e2e.conftest import start_server, stop_server
 
 schemathesis = pytest.importorskip("schemathesis")
 
+# A live server and thousands of generated requests: minutes (the keyless pass alone ~30 s).
+pytestmark = pytest.mark.slow
+
 SEED = 20251125
 MIN_CASES = 2000
 # The generator's share is bounded: an image op's fuzzing cases, the stateful scenarios (they submit

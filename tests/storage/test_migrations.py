@@ -403,6 +403,7 @@ print(upgrade(engine).changed)
 """
 
 
+@pytest.mark.slow  # three fresh interpreters, let go together after 3 s: ~6 s per backend
 def test_processes_starting_at_once_migrate_once(database_url: str) -> None:
     """Three processes start on one empty database at once: one migrates, the others find it done."""
     start_at = str(time.time() + 3.0)  # all imported by then, on a busy machine too

@@ -24,6 +24,9 @@ from cogserve.service.sizes import RECOMMENDED_SIZES
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_cli import run
 
+# Chromium and a live server for the module: ~30 s to start, ~1.5 min in all.
+pytestmark = pytest.mark.slow
+
 CHROMIUM = Path("/usr/bin/chromium")
 # From reference/components.md: no sandbox (containers), no GPU, and no lookups of any host but ours.
 CHROMIUM_ARGS = [

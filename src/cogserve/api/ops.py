@@ -7,9 +7,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cogserve.api.dependencies import context
+from cogserve.api.errors import api_path, error_response
 from cogserve.api.openapi import error_responses
 from cogserve.api.protocol import Health, Readiness
-from cogserve.errors import ServiceUnavailable
+from cogserve.errors import ServiceUnavailable, StorageError
 from cogserve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 router = APIRouter()
@@ -42,13 +43,18 @@ async def healthz() -> Health:
     summary="The model is loaded and warmed up, and the database answers",
     responses=error_responses(503),
 )
-async def readyz(request: Request) -> Readiness:
+async def readyz(request: Request) -> Readiness | Response:
+    # "Not ready" is an answer here, not a failure: returned, so the error handler does not log it
+    # (a balancer polls this every few seconds while the model loads).
     ctx = context(request)
     if not ctx.service.ready:
         message = ctx.service.load_error or "the model is still loading"
-        raise ServiceUnavailable(message, headers={"Retry-After": "5"})
-    # Not ready while the database is down (StorageUnavailable, 503): every generation would fail.
-    await ctx.service.check_database()
+        return _not_ready(request, ServiceUnavailable(message, headers={"Retry-After": "5"}))
+    try:
+        # Not ready while the database is down: every generation would fail with 503 anyway.
+        await ctx.service.check_database()
+    except StorageError as exc:
+        return _not_ready(request, exc)
     info = ctx.engine.info
     stats = ctx.scheduler.stats
     return Readiness(
@@ -63,3 +69,7 @@ async def readyz(request: Request) -> Readiness:
         batched_images=stats.batched_images,
         replicas=stats.replicas,
     )
+
+
+def _not_ready(request: Request, error: StorageError | ServiceUnavailable) -> Response:
+    return error_response(error, api_path(request.scope), request.scope)

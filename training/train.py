@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoint folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pipeline folder goes")
-    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--vae-steps", type=int, default=1500, help="the committed VAE is at 1,500")
     parser.add_argument("--text-steps", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=30000, help="transformer steps (in all, not more)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")

@@ -113,7 +113,7 @@ class ImageService:
     ) -> list[StoredImage]:
         """Check, generate, mark and store the images of one request; the stored images, in order.
 
-        In order: model ready -> user not blocked -> within limits -> watermark choice allowed ->
+        In order: model ready -> watermark choice allowed -> user not blocked -> within limits ->
         prompt moderation -> scheduler -> image moderation -> watermarks -> file, then row. The
         images of one request are admitted once (one request against the key's and user's limits)
         and submitted together, so they share a batch. Cancelling the caller's task cancels it:

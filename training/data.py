@@ -7,8 +7,11 @@ size/position combinations and held-out templates never appear here.
 
 from __future__ import annotations
 
+import logging
+import multiprocessing as mp
 import os
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import torch
 
 from cogserve.shapes.captions import Caption, describe, off_world
 from cogserve.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render, sample_scene
+
+log = logging.getLogger("training")
 
 #: (height, width) in pixels, with the share of steps each gets. Low resolutions carry most of the
 #: training: CogView4's RoPE scales positions to the grid, so the layout carries over to 512-2048 px.
@@ -30,6 +35,10 @@ BUCKETS: tuple[tuple[int, int, float], ...] = (
     (192, 192, 0.10),
     (256, 256, 0.12),
 )
+#: What the served model draws at before the engine enlarges the picture (``cogserve.json`` in the
+#: exported folder): a 512 px latent grid is four times the sides training shows, and a model this
+#: small does not carry its shapes over that far.
+NATIVE_PIXELS = 192 * 192
 #: Images per step at 128x128; other buckets keep the token count about the same.
 BASE_BATCH = 32
 
@@ -135,15 +144,22 @@ def tokenize(tokenizer: object, texts: list[str], extra_pad: int = 0) -> torch.T
     return ids
 
 
+def _render_array(job: tuple[Scene, int, int]) -> np.ndarray:
+    scene, width, height = job
+    return np.asarray(render(scene, width, height), dtype=np.uint8)
+
+
 class LatentBank:
     """Scenes with their VAE latents, encoded once per bucket and kept on disk beside the checkpoints.
 
     The transformer stage draws its pictures from here (captions are still drawn afresh each time),
-    which takes rendering and the VAE encoder out of every step.
+    which takes rendering and the VAE encoder out of every step. Pictures are rendered by a pool of
+    processes (one per core) and encoded on the VAE's device; the latents stay on that device.
     """
 
     def __init__(self, vae: torch.nn.Module, scale: float, folder: Path, per_bucket: int) -> None:
         self._vae, self._scale, self._folder, self._per_bucket = vae, scale, folder, per_bucket
+        self._device = next(vae.parameters()).device
         self._banks: dict[tuple[int, int], tuple[list[Scene], torch.Tensor]] = {}
 
     def _bank(self, height: int, width: int) -> tuple[list[Scene], torch.Tensor]:
@@ -152,27 +168,49 @@ class LatentBank:
             return self._banks[key]
         count = self._per_bucket * batch_size_for(height, width) // BASE_BATCH
         path = self._folder / f"latents-{height}x{width}-{count}.pt"
+        started = time.perf_counter()
         if path.is_file():
-            saved = torch.load(path, weights_only=False)
-            self._banks[key] = (saved["scenes"], saved["latents"])
-            return self._banks[key]
-        rng = random.Random(f"bank-{height}x{width}")
-        scenes, chunks = [], []
-        with torch.no_grad():
-            for start in range(0, count, 64):
-                batch_scenes, images = pictures(rng, min(64, count - start), height, width)
-                scenes += batch_scenes
-                chunks.append(self._vae.encode(images).latent_dist.mean * self._scale)  # type: ignore[operator]
-        latents = torch.cat(chunks)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"scenes": scenes, "latents": latents}, tmp)
-        os.replace(tmp, path)
-        self._banks[key] = (scenes, latents)
+            saved = torch.load(path, weights_only=False, map_location="cpu")
+            scenes, latents = saved["scenes"], saved["latents"]
+        else:
+            scenes, latents = self._encode(height, width, count)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"scenes": scenes, "latents": latents}, tmp)
+            os.replace(tmp, path)
+        self._banks[key] = (scenes, latents.to(self._device))
+        seconds = time.perf_counter() - started
+        log.info("latent bank %dx%d: %d scenes in %.0f s", height, width, count, seconds)
         return self._banks[key]
+
+    def _encode(self, height: int, width: int, count: int) -> tuple[list[Scene], torch.Tensor]:
+        rng = random.Random(f"bank-{height}x{width}")
+        scenes = [sample_scene(rng, width / height) for _ in range(count)]
+        jobs = [(scene, width, height) for scene in scenes]
+        chunks, pending = [], []
+        # fork: the workers only render (no torch), so inheriting the parent's state is safe and fast.
+        with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool, torch.no_grad():
+            for array in pool.imap(_render_array, jobs, chunksize=32):
+                pending.append(array)
+                if len(pending) == 256:
+                    chunks.append(self._encode_arrays(pending))
+                    pending = []
+            if pending:
+                chunks.append(self._encode_arrays(pending))
+        return scenes, torch.cat(chunks)
+
+    def _encode_arrays(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        images = torch.from_numpy(np.stack(arrays)).to(self._device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return (self._vae.encode(images).latent_dist.mean * self._scale).cpu()  # type: ignore[operator]
+
+    def prepare(self, buckets: tuple[tuple[int, int, float], ...]) -> None:
+        """Load or build every bucket's bank before training (the render pool forks only here)."""
+        for height, width, _ in buckets:
+            self._bank(height, width)
 
     def batch(
         self, rng: random.Random, height: int, width: int, count: int
     ) -> tuple[list[Scene], torch.Tensor]:
         scenes, latents = self._bank(height, width)
         picks = [rng.randrange(len(scenes)) for _ in range(count)]
-        return [scenes[i] for i in picks], latents[picks]
+        index = torch.tensor(picks, device=latents.device)
+        return [scenes[i] for i in picks], latents[index]

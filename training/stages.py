@@ -40,7 +40,12 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any] | None:
-    return torch.load(path, weights_only=False) if path.is_file() else None
+    # map_location: a checkpoint written on a GPU resumes on a CPU and the other way round.
+    return torch.load(path, weights_only=False, map_location="cpu") if path.is_file() else None
+
+
+def device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def run_loop(
@@ -56,8 +61,13 @@ def run_loop(
     restore_extra: Callable[[dict[str, Any]], None] = lambda state: None,
     warmup: int = 200,
     base_lr: float = 1e-3,
+    deadline: float | None = None,
 ) -> None:
-    """Steps ``start..total_steps`` of one stage; checkpoints every ``every`` steps and at the end."""
+    """Steps ``start..total_steps`` of one stage; checkpoints every ``every`` steps and at the end.
+
+    ``step_fn`` may return tensors: they are read only when logged, so a GPU is not made to wait
+    every step. Past ``deadline`` (a ``time.monotonic()`` value) the stage checkpoints and stops.
+    """
     state = load(path)
     start = 0
     if state is not None:
@@ -73,8 +83,9 @@ def run_loop(
             group["lr"] = base_lr * min(1.0, (step + 1) / warmup)
         window.append(step_fn(step))
         done = step + 1
-        if done % 50 == 0 or done == total_steps:
-            means = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        if done % 50 == 0 or done == total_steps or out_of_time:
+            means = {k: float(sum(w[k] for w in window)) / len(window) for k in window[0]}
             rate = len(window) / (time.perf_counter() - started)
             log.info(
                 "%s %d/%d %s (%.2f steps/s)",
@@ -85,7 +96,7 @@ def run_loop(
                 rate,
             )
             started, window = time.perf_counter(), []
-        if done % every == 0 or done == total_steps:
+        if done % every == 0 or done == total_steps or out_of_time:
             save_atomic(
                 {
                     "step": done,
@@ -95,6 +106,9 @@ def run_loop(
                 },
                 path,
             )
+        if out_of_time:
+            log.info("%s: out of time at step %d; the checkpoint resumes from here", name, done)
+            return
 
 
 # --- 1. VAE ---------------------------------------------------------------------------------------
@@ -107,6 +121,7 @@ def train_vae(vae: nn.Module, work: Path, steps: int) -> None:
             _, images = data.pictures(rng, 8, rng.choice((96, 128)), rng.choice((96, 128)))
         else:
             images = data.crops(rng, 12, rng.choice((64, 80, 96)))
+        images = images.to(device_of(vae))
         posterior = vae.encode(images).latent_dist  # type: ignore[operator]
         latents = posterior.sample(generator=torch.Generator().manual_seed(step))
         # A decoder that tolerates small latent errors forgives the transformer's.
@@ -132,7 +147,7 @@ def latent_scale(vae: nn.Module, samples: int = 256) -> float:
     """1 / the spread of the VAE's latents, so the transformer sees unit-variance latents."""
     rng = random.Random(SEED * 11)
     _, images = data.pictures(rng, samples, 128, 128)
-    latents = vae.encode(images).latent_dist.mean  # type: ignore[operator]
+    latents = vae.encode(images.to(device_of(vae))).latent_dist.mean  # type: ignore[operator]
     return float(1.0 / latents.std())
 
 
@@ -160,7 +175,7 @@ def text_states(text_encoder: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def train_text(text_encoder: nn.Module, tokenizer: Any, work: Path, steps: int) -> float:
-    heads = CaptionHeads(text_encoder.config.hidden_size)  # type: ignore[union-attr]
+    heads = CaptionHeads(text_encoder.config.hidden_size).to(device_of(text_encoder))  # type: ignore[union-attr]
     params = list(text_encoder.parameters()) + list(heads.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     accuracy = {"value": 0.0}
@@ -171,8 +186,9 @@ def train_text(text_encoder: nn.Module, tokenizer: Any, work: Path, steps: int) 
         for _ in range(64):
             scene = data.sample_scene(rng, rng.choice((1.0, 0.6, 1.7)))
             captions.append(data.caption_for(rng, scene, unconditional=0.05))
-        ids = data.tokenize(tokenizer, [c.text for c in captions], extra_pad=rng.randrange(0, 24))
-        labels = torch.tensor([data.targets(c) for c in captions])
+        device = device_of(text_encoder)
+        ids = data.tokenize(tokenizer, [c.text for c in captions], extra_pad=rng.randrange(0, 24)).to(device)
+        labels = torch.tensor([data.targets(c) for c in captions], device=device)
         labels = torch.where(labels < 0, 0, labels)
         logits = heads(text_states(text_encoder, ids))
         loss = sum(F.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
@@ -262,24 +278,32 @@ def train_transformer(
     base_batch: int = data.BASE_BATCH,
     lr: float = 1e-3,
     bank_size: int = 8192,
+    deadline: float | None = None,
 ) -> None:
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     for module in (text_encoder, vae, ema):
         module.requires_grad_(False)
     bank = data.LatentBank(vae, scale, work, per_bucket=bank_size)
+    bank.prepare(buckets)
+    device = device_of(transformer)
+    # The EMA update as one fused call per step instead of one small kernel per parameter.
+    ema_params, params = list(ema.parameters()), list(transformer.parameters())
 
-    def step_fn(step: int) -> dict[str, float]:
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
         rng = random.Random(SEED * 17 + step)
         noise_rng = torch.Generator().manual_seed(SEED * 19 + step)
         height, width = data.pick_bucket(rng, buckets)
         count = data.batch_size_for(height, width, base_batch)
         scenes, latents = bank.batch(rng, height, width, count)
         captions = [data.caption_for(rng, scene) for scene in scenes]
+        ids = data.tokenize(tokenizer, [c.text for c in captions]).to(device)
         with torch.no_grad():
-            states = text_states(text_encoder, data.tokenize(tokenizer, [c.text for c in captions]))
+            states = text_states(text_encoder, ids)
         size = serving_sizes(rng, height, width, count)
         timesteps, sigmas = sample_noise_levels(noise_rng, size)
-        noise = torch.randn(latents.shape, generator=noise_rng)
+        size, timesteps, sigmas = size.to(device), timesteps.to(device), sigmas.to(device)
+        noise_on_device = torch.Generator(device).manual_seed(SEED * 23 + step)
+        noise = torch.randn(latents.shape, generator=noise_on_device, device=device)
         s = sigmas.view(-1, 1, 1, 1)
         noisy = (1 - s) * latents + s * noise
         prediction = transformer(  # type: ignore[operator]
@@ -288,7 +312,7 @@ def train_transformer(
             timestep=timesteps * 1000,
             original_size=size,
             target_size=size,
-            crop_coords=torch.zeros(count, 2),
+            crop_coords=torch.zeros(count, 2, device=device),
             return_dict=False,
         )[0]
         loss = F.mse_loss(prediction, noise - latents)
@@ -298,9 +322,8 @@ def train_transformer(
         optimizer.step()
         decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            for e, p in zip(ema.parameters(), transformer.parameters(), strict=True):
-                e.lerp_(p, 1 - decay)
-        return {"loss": loss.item()}
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        return {"loss": loss.detach()}
 
     transformer.train()
     run_loop(
@@ -312,6 +335,7 @@ def train_transformer(
         step_fn,
         base_lr=lr,
         warmup=300,
+        deadline=deadline,
     )
     transformer.eval()
 

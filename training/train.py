@@ -3,6 +3,7 @@
     python -m training.train                      # everything, resuming where it stopped
     python -m training.train --steps 30000        # train the transformer further
     python -m training.train --quick --work /tmp/t --out /tmp/t/model   # a smoke run (seconds)
+    python -m training.train --device cuda --batch 256 --bank 16384 --minutes 8   # on a GPU
 
 The work folder keeps one checkpoint per stage (weights, optimizer, EMA, step); every stage resumes
 from its own, and the data stream is a function of the step, so an interrupted run continues exactly.
@@ -11,10 +12,12 @@ from its own, and the data stream is a function of the step, so an interrupted r
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -43,6 +46,7 @@ def export(tokenizer: object, text_encoder: object, vae: object, transformer: ob
     from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
 
     from cogserve.engine.builtin import SCHEDULER_CONFIG
+    from cogserve.engine.loader import SERVING_FILE
 
     pipe = CogView4Pipeline(
         tokenizer=tokenizer,
@@ -55,6 +59,8 @@ def export(tokenizer: object, text_encoder: object, vae: object, transformer: ob
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         pipe.save_pretrained(staging, safe_serialization=True)
+        serving = {"native_pixels": data.NATIVE_PIXELS}
+        (staging / SERVING_FILE).write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -74,11 +80,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-steps", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=30000, help="transformer steps (in all, not more)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda, cuda:1..."
+    )
+    parser.add_argument(
+        "--batch", type=int, default=data.BASE_BATCH, help="transformer pictures per step at 128x128"
+    )
+    parser.add_argument(
+        "--bank", type=int, default=8192, help="scenes per latent bank at 128x128 (others in proportion)"
+    )
+    parser.add_argument(
+        "--minutes", type=float, help="time budget: the transformer checkpoints and stops once it is spent"
+    )
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage: a smoke run")
     parser.add_argument(
         "--export-only", action="store_true", help="export the checkpoints as they are (training may run on)"
     )
     args = parser.parse_args(argv)
+    deadline = None if args.minutes is None else time.monotonic() + args.minutes * 60
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,6 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     transformer = recipe.build_transformer()
     stages.zero_init(transformer)  # type: ignore[arg-type]
     ema = stages.ema_copy(transformer)  # type: ignore[arg-type]
+    networks = (text_encoder, vae, transformer, ema)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # the default float32 matmuls are several times slower
+        torch.backends.cudnn.allow_tf32 = True
+    for network in networks:
+        network.to(args.device)  # type: ignore[attr-defined]
 
     stages.train_vae(vae, args.work, args.vae_steps)  # type: ignore[arg-type]
     scale = stages.latent_scale(vae, 16 if args.quick else 256)  # type: ignore[arg-type]
@@ -113,9 +138,12 @@ def main(argv: list[str] | None = None) -> None:
         scale,
         args.work,
         args.steps,
-        base_batch=4 if args.quick else data.BASE_BATCH,
-        bank_size=64 if args.quick else 8192,
+        base_batch=4 if args.quick else args.batch,
+        bank_size=64 if args.quick else args.bank,
+        deadline=deadline,
     )
+    for network in networks:
+        network.to("cpu")  # type: ignore[attr-defined]
     export(tokenizer, text_encoder, vae, ema, args.out)
 
 

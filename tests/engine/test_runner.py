@@ -24,7 +24,6 @@ def test_progress_is_reported_once_per_step(shared_engine: Engine) -> None:
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
-@pytest.mark.slow  # four generations of 3 steps: 13-23 s measured on 2 busy cores
 def test_seed_determines_the_pixels(shared_engine: Engine) -> None:
     def run(seed: int) -> np.ndarray:
         params = GenerationParams(**{**PARAMS.__dict__, "seed": seed})
@@ -83,3 +82,56 @@ def test_a_real_model_folder_loads_from_its_path(models_dir: Path) -> None:
 def test_cuda_requested_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_native_size_keeps_the_aspect_ratio_in_multiples_of_16() -> None:
+    from cogserve.engine.runner import native_size
+
+    assert native_size(512, 512, 192 * 192) == (192, 192)
+    width, height = native_size(1344, 768, 192 * 192)
+    assert (width % 16, height % 16) == (0, 0)
+    assert abs(width / height - 1344 / 768) < 0.15
+    assert native_size(512, 512, None) == (512, 512)  # no hint: drawn at the size asked for
+    assert native_size(128, 128, 192 * 192) == (128, 128)  # never drawn larger than asked
+
+
+def _model_with_hint(models_dir: Path, tmp_path: Path, hint: str) -> Path:
+    import shutil
+
+    from cogserve.engine.builtin import BUILTIN_NAME
+
+    folder = tmp_path / "model"
+    shutil.copytree(models_dir / BUILTIN_NAME, folder)
+    (folder / "cogserve.json").write_text(hint, encoding="utf-8")
+    return folder
+
+
+def test_a_model_with_native_pixels_draws_small_and_answers_the_size_asked(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    from cogserve.engine.runner import PipelineEngine
+
+    folder = _model_with_hint(models_dir, tmp_path, '{"native_pixels": 4096}')
+    engine = PipelineEngine(ModelSettings(path=str(folder)), models_dir)
+    engine.load()
+    drawn: list[tuple[int, ...]] = []
+    call = engine._pipe.__call__
+    engine._pipe.__class__ = type(
+        "Spy",
+        (engine._pipe.__class__,),
+        {"__call__": lambda self, **kw: drawn.append(tuple(kw["latents"].shape)) or call(**kw)},
+    )
+    first = generate_one(engine, PARAMS).image
+    assert first.size == (512, 512)
+    assert drawn == [(1, 16, 8, 8)]  # 64x64 pixels: 8x8 latents, the served size only told
+    again = generate_one(engine, PARAMS).image
+    assert np.array_equal(np.asarray(first), np.asarray(again))
+
+
+@pytest.mark.parametrize("hint", ['{"native_pixels": "big"}', '{"native_pixels": 10}', "not json"])
+def test_a_bad_serving_file_is_a_clear_error(models_dir: Path, tmp_path: Path, hint: str) -> None:
+    from cogserve.engine.runner import PipelineEngine
+
+    folder = _model_with_hint(models_dir, tmp_path, hint)
+    with pytest.raises(ConfigError, match=r"cogserve\.json"):
+        PipelineEngine(ModelSettings(path=str(folder)), models_dir).load()

@@ -101,7 +101,6 @@ def test_same_seed_same_picture(engine: PipelineEngine) -> None:
     assert np.array_equal(first, np.asarray(draw(engine, "a circle", 512, 512, 7)))
 
 
-@IN_TRAINING
 def test_what_a_prompt_leaves_out_is_the_seeds_choice(engine: PipelineEngine) -> None:
     prompt = "a circle"  # colour, size, place and background are chosen by the seed
     first = np.asarray(draw(engine, prompt, 512, 512, 7))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ def test_quick_training_run_exports_a_pipeline_that_resumes_and_draws(tmp_path: 
             "3",
             "--steps",
             "4",
+            "--bank",  # the --quick run's bank size, so its latent banks are reused
+            "64",
         ],
         cwd=REPO,
         capture_output=True,
@@ -41,6 +44,22 @@ def test_quick_training_run_exports_a_pipeline_that_resumes_and_draws(tmp_path: 
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert "transformer: resuming at step 3 of 4" in again.stderr
+    assert json.loads((out / "cogserve.json").read_text())["native_pixels"] > 0
+
+    # A time budget: the stage checkpoints where it stands and stops, and the next run goes on.
+    budget = subprocess.run(
+        [
+            *command[:3],
+            *("--work", str(work), "--out", str(out)),
+            *("--vae-steps", "3", "--text-steps", "3", "--bank", "64", "--steps", "100", "--minutes", "0"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert budget.returncode == 0, budget.stderr[-3000:]
+    assert "transformer: out of time at step 5" in budget.stderr
 
     from diffusers import CogView4Pipeline
 

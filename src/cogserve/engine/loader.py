@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,31 @@ def _quiet_progress_bars() -> None:
     transformers_logging.disable_progress_bar()
 
 
-def load_pipeline(settings: ModelSettings, models_dir: Path, device: str) -> tuple[Any, str | None]:
-    """The pipeline, and the built-in model's name (None for a given model)."""
+#: A model folder may carry this file with how cogserve should serve it, e.g. ``{"native_pixels":
+#: 36864}``: the model draws at about that many pixels and the engine enlarges to the size asked for
+#: (the built-in shapes model, trained at 112-256 px a side). Diffusers ignores the file.
+SERVING_FILE = "cogserve.json"
+
+
+def native_pixels(source: str) -> int | None:
+    path = Path(source) / SERVING_FILE
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("native_pixels")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 16 * 16:
+        raise ConfigError(f"{path}: native_pixels must be a whole number of pixels, at least 256")
+    return value
+
+
+def load_pipeline(
+    settings: ModelSettings, models_dir: Path, device: str
+) -> tuple[Any, str | None, int | None]:
+    """The pipeline, the built-in model's name (None for a given model) and its native pixels."""
     from diffusers import CogView4Pipeline
 
     _quiet_progress_bars()
@@ -142,4 +166,4 @@ def load_pipeline(settings: ModelSettings, models_dir: Path, device: str) -> tup
     place_and_apply(pipe, settings, device)
     pipe.set_progress_bar_config(disable=True)
     log.info("loaded %s on %s (%s)", builtin or source, device, str(dtype))
-    return pipe, builtin
+    return pipe, builtin, native_pixels(source)

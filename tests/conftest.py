@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -18,6 +19,12 @@ from cogserve.settings import Settings
 
 # Few steps keep the tiny model quick; the code path is the same as with 20 or 50.
 TEST_STEPS = {"standard_steps": 2, "hd_steps": 3}
+
+# One intra-op thread for the in-process pipeline. The tiny model's ops are too small to gain from a
+# second one, and on a 2-core machine with anything else running (another test process, a training
+# job) the two threads spin against it: measured 0.6 s a 512x512 generation on one thread, 1.7-2.5 s
+# on two. Servers the tests start as subprocesses keep torch's default, as in production.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

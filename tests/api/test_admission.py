@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from cogserve.engine import BatchItem, Engine, GenerationOutput
@@ -16,10 +15,6 @@ from cogserve.engine.runner import PipelineEngine
 from cogserve.settings import ModelSettings
 from tests.conftest import wait_ready
 from tests.helpers import DelegatingEngine, generate
-
-# Each test holds the engine at a gate or waits out a real timeout: a full queue (~10 s), a 3 s
-# request deadline (~8 s), three warm-up generations on an engine of its own (6-19 s).
-pytestmark = pytest.mark.slow
 
 
 class GatedEngine(DelegatingEngine):

@@ -66,7 +66,7 @@ def test_b64_json_returns_the_png_inline(client: TestClient) -> None:
 
 
 SLOW = pytest.mark.slow
-# About 1 MP each (3-8 s): 1024x1024 in the fast tier, the other six in the full one.
+# About 1 MP each (2-3 s, 15 s for the six): 1024x1024 in the fast tier, the other six in the full one.
 SEVEN = [size if size == "1024x1024" else pytest.param(size, marks=SLOW) for size in RECOMMENDED_SIZES]
 
 
@@ -78,7 +78,7 @@ def test_the_seven_recommended_sizes_are_generated_at_that_size(client: TestClie
     assert png_size(fetch_png(client, response.json()["data"][0]["url"])) == (width, height)
 
 
-# 2048x1024 is 2 MP, ~9-18 s: the full tier's.
+# 2048x1024 is 2 MP: ~8 s on an idle machine, the full tier's.
 @pytest.mark.parametrize("size", ["512x512", pytest.param("2048x1024", marks=SLOW), "512x2048"])
 def test_boundary_sizes_are_generated(client: TestClient, size: str) -> None:
     response = generate(client, size=size, response_format="b64_json")

@@ -67,7 +67,6 @@ def test_mode_settings_are_validated() -> None:
         check_warmup_sizes(["4096x512:2"])
 
 
-@pytest.mark.slow  # its own engine, and a 1344x768 image decoded in tiles
 def test_vae_tiling_decodes_large_images_in_tiles(models_dir: Path) -> None:
     engine = engine_with(models_dir, vae_tiling=True)
     assert engine._pipe.vae.use_tiling
@@ -91,7 +90,6 @@ def test_int8_text_encoder_shrinks_its_weights_and_still_draws(
     assert np.abs(quantised - baseline).mean() < 8
 
 
-@pytest.mark.slow  # two more engines of its own, several generations each
 def test_first_block_cache_changes_work_done_and_none_is_exact(
     models_dir: Path, baseline: np.ndarray
 ) -> None:

@@ -79,7 +79,6 @@ async def _until(condition: Callable[[], bool], within_s: float = 20.0) -> None:
         await asyncio.sleep(0.005)
 
 
-@pytest.mark.slow  # a batch of four, then each of the four again alone
 def test_same_key_requests_share_one_call_and_match_their_solo_images(recorder: Recorder) -> None:
     prompts = [f"fox number {i}" for i in range(4)]
 

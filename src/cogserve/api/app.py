@@ -54,7 +54,7 @@ def create_app(
     scheduler = scheduler or Scheduler(engine, settings.scheduler, device=device, on_batch=metrics.batch)
     files = create_image_store(settings)
     service = ImageService(
-        settings, scheduler, files, metadata, access, Safety.from_settings(settings), metrics
+        settings, scheduler, files, metadata, access, Safety.from_settings(settings), metrics, engine=engine
     )
     job_service = JobService(
         settings,

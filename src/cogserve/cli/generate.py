@@ -20,7 +20,7 @@ from cogserve.cli.options import (
     configure_process,
     fail,
 )
-from cogserve.errors import CogserveError
+from cogserve.errors import CogserveError, PromptTooLong
 
 
 def generate(
@@ -74,6 +74,7 @@ def generate(
 
     from cogserve.api.protocol import ImageGenerationRequest, validation_error
     from cogserve.engine import create_engine, generate_one
+    from cogserve.engine.prompt_tokens import check_prompt_tokens
     from cogserve.safety import encode_png
     from cogserve.storage.files import atomic_write
 
@@ -104,6 +105,10 @@ def generate(
         params = request.to_request(settings.model, request_id="cli").params
         engine = create_engine(settings)
         engine.load()
+        try:
+            check_prompt_tokens(engine.count_prompt_tokens(prompt), engine.info.max_prompt_tokens)
+        except PromptTooLong as exc:
+            fail(exc.message)  # bad input, like a bad size: exit 2
         with Progress(
             TextColumn("denoising"),
             BarColumn(),

@@ -70,6 +70,7 @@ def generate(
             poll_interval=poll_interval,
         )
         return
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cogserve.api.protocol import ImageGenerationRequest, validation_error
@@ -114,6 +115,7 @@ def generate(
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(),
+            console=Console(stderr=True),  # progress on stderr, as with --server: stdout is the result
         ) as progress:
             task = progress.add_task("denoising", total=params.steps)
             result = generate_one(

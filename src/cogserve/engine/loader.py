@@ -165,5 +165,5 @@ def load_pipeline(
         raise ConfigError(f"cannot load model '{source}': {exc}") from exc
     place_and_apply(pipe, settings, device)
     pipe.set_progress_bar_config(disable=True)
-    log.info("loaded %s on %s (%s)", builtin or source, device, str(dtype))
+    log.debug("loaded %s on %s (%s)", builtin or source, device, str(dtype))  # "ready:" says it
     return pipe, builtin, native_pixels(source)

@@ -125,6 +125,9 @@ class DelegatingEngine:
     def warmup(self) -> None:
         self.inner.warmup()
 
+    def count_prompt_tokens(self, prompt: str) -> int:
+        return self.inner.count_prompt_tokens(prompt)
+
     def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
         return self.inner.generate_batch(items)
 

@@ -32,7 +32,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+#: Libraries whose INFO lines say nothing an operator acts on (Alembic: a dozen lines of plugins and
+#: "Context impl SQLiteImpl" at every start); shown again with --log-level debug.
+QUIET_AT_INFO = ("alembic",)
+
+
 def configure_logging(level: str, log_format: LogFormat) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    for name in QUIET_AT_INFO:
+        logging.getLogger(name).setLevel(logging.NOTSET if level.lower() == "debug" else logging.WARNING)

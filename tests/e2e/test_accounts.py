@@ -21,7 +21,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> tuple[Server, str]:
     data_dir = tmp_path_factory.mktemp("secured") / "data"
-    created = run(models_dir, "keys", "create", "--name", "sdk-tests", "--data-dir", str(data_dir))
+    created = run(
+        models_dir, "keys", "create", "--name", "sdk-tests", "--create", "--data-dir", str(data_dir)
+    )
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert "store it now" in created.stderr and key.count(".") == 1

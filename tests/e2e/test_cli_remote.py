@@ -29,7 +29,9 @@ SLOW = ["--quality", "hd", "--size", "1024x1024"]
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[tuple[Server, str]]:
     data_dir = tmp_path_factory.mktemp("remote") / "data"
-    created = run(models_dir, "keys", "create", "--name", "cli-remote", "--data-dir", str(data_dir))
+    created = run(
+        models_dir, "keys", "create", "--name", "cli-remote", "--create", "--data-dir", str(data_dir)
+    )
     assert created.returncode == 0, created.stderr
     server = start_server(data_dir, models_dir, env={"COGSERVE_MODEL__HD_STEPS": "200"})
     yield server, created.stdout.strip()
@@ -141,7 +143,7 @@ def test_missing_key_and_bad_request_get_the_servers_message(
     assert keyless.returncode == 1
     assert "error 1001: no Authorization header" in keyless.stderr
     bad_size = remote(models_dir, server.url, "a cat", "--size", "500x500", "--api-key", key)
-    assert bad_size.returncode == 1
+    assert bad_size.returncode == 2  # bad input, as in-process
     assert "error 1214:" in bad_size.stderr and "between 512 and 2048" in bad_size.stderr
     assert not list(tmp_path.glob("*.png"))
 

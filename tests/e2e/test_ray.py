@@ -59,6 +59,14 @@ def test_both_replicas_take_work_under_concurrent_load(ray_server: Server) -> No
     assert all(replica["images"] > 0 for replica in seen.values()), seen
 
 
+def test_an_over_long_prompt_is_counted_by_a_replica_and_refused(ray_server: Server) -> None:
+    # The ingress has no tokenizer: it asks a replica for the count, before anything is queued.
+    response = post(ray_server, 0, prompt="x" * 3990)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "1261" and "3992 tokens" in error["message"] and "1024" in error["message"]
+
+
 def test_queued_async_jobs_report_their_place_in_their_replicas_queue(ray_server: Server) -> None:
     body = {"model": "cogview-4", "prompt": "a lighthouse", "size": "1024x1024", "quality": "hd"}
     ids = []

@@ -36,7 +36,7 @@ def test_upgrade_then_current(target: tuple[list[str], str]) -> None:
     assert before.exit_code == 1
     assert "none: no cogserve tables yet" in before.stdout
 
-    upgraded = runner.invoke(db_app, ["upgrade", *flags])
+    upgraded = runner.invoke(db_app, ["upgrade", "--create", *flags])
     assert upgraded.exit_code == 0, upgraded.output
     assert f"upgraded an empty database -> {head()}" in upgraded.stdout
 

@@ -23,7 +23,7 @@ from cogserve.storage import sweep as sweep_module
 from cogserve.storage.sweep import sweep
 from tests.components.s3 import S3Server, free_ports, s3_server  # noqa: F401  (the fixture)
 
-pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[test]')")
+pytest.importorskip("boto3", reason="boto3 is not installed (pip install -e '.[dev]')")
 
 from cogserve.storage.s3 import MAX_PRESIGN_S, S3ImageStore
 

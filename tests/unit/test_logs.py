@@ -31,3 +31,20 @@ def test_json_lines_carry_message_extras_and_the_stack_trace() -> None:
     assert entry["request_id"] == "req-1" and entry["status"] == 500
     assert "ValueError: boom" in entry["exc"]
     assert entry["ts"].endswith("+00:00")
+
+
+def test_alembic_is_quiet_at_the_default_level_and_back_at_debug() -> None:
+    from cogserve.logs import configure_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("info", "text")
+        assert not logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+        assert logging.getLogger("cogserve.api.app").isEnabledFor(logging.INFO)
+        configure_logging("debug", "text")
+        assert logging.getLogger("alembic.runtime.migration").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        logging.getLogger("alembic").setLevel(logging.NOTSET)

@@ -54,7 +54,7 @@ def create_app(
     scheduler = scheduler or Scheduler(engine, settings.scheduler, device=device, on_batch=metrics.batch)
     files = create_image_store(settings)
     service = ImageService(
-        settings, scheduler, files, metadata, access, Safety.from_settings(settings), metrics
+        settings, scheduler, files, metadata, access, Safety.from_settings(settings), metrics, engine=engine
     )
     job_service = JobService(
         settings,
@@ -70,9 +70,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info(describe_storage(settings))
         await asyncio.to_thread(metadata.create_schema)
         await limiter.start()
-        if not await asyncio.to_thread(access.auth_required):
+        if await asyncio.to_thread(access.auth_required):
+            log.info("auth: API keys required (%s)", _why_auth(settings))
+        else:
             log.warning(OPEN_MODE_WARNING)
         scheduler.start()
         tasks = [
@@ -144,6 +147,28 @@ def _watch(
     metrics.watch_gpu_memory(device)
 
 
+def describe_storage(settings: Settings) -> str:
+    """The start-up line saying where things are kept: the data dir as an absolute path (a relative
+    one depends on where the server was started), the metadata database and the image store."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    images = settings.storage.image_store or "files in the data dir"
+    return (
+        f"cogserve {__version__}: data dir {settings.storage.data_dir.resolve()}; "
+        f"metadata {database}; images {images}"
+    )
+
+
+def _why_auth(settings: Settings) -> str:
+    return "--require-auth" if settings.auth.require_auth else "a key exists"
+
+
+def _address(settings: Settings) -> str:
+    server = settings.server
+    return server.public_url or f"http://{server.host}:{server.port}"
+
+
 def _device_hint(settings: Settings) -> str:
     # Only the batch-size default depends on it; a device that cannot be used fails at load, clearly.
     from cogserve.engine.loader import resolve_device
@@ -157,6 +182,10 @@ def _device_hint(settings: Settings) -> str:
 async def _load_model(
     engine: Engine, service: ImageService, settings: Settings, on_fatal: Callable[[str], None] | None
 ) -> None:
+    model = settings.model
+    log.info(
+        "loading the model %s (device %s, dtype %s)", model.path or model.builtin, model.device, model.dtype
+    )
     try:
         await asyncio.to_thread(engine.load)
         if settings.model.warmup:
@@ -170,4 +199,10 @@ async def _load_model(
         return
     service.ready = True
     info = engine.info
-    log.info("ready: %s on %s (%s)", info.name, info.device, info.dtype)
+    log.info(
+        "ready: %s on %s (%s); serving %s (playground /, BigModel API /api/paas/v4, OpenAI API /v1)",
+        info.name,
+        info.device,
+        info.dtype,
+        _address(settings),
+    )

@@ -9,13 +9,37 @@ variable, then to the default in ``settings.py``.
 - ``remote``: the HTTP client behind ``generate --server``.
 """
 
+from typing import Annotated
+
 import typer
 
+from cogserve import __version__
 from cogserve.cli import accounts, db, generate, serve, watermark
 
 app = typer.Typer(
-    help="Self-hosted CogView-4 image generation (BigModel-compatible API).", no_args_is_help=True
+    help="Self-hosted CogView-4 image generation (BigModel-compatible API).\n\n"
+    "Exit status: 0 done, 2 bad usage or input (a flag, a setting, a request the model cannot take), "
+    "1 a failure while working (the model, a database, a disk, the server).",
+    no_args_is_help=True,
 )
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"cogserve {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit"),
+    ] = False,
+) -> None:
+    """Self-hosted CogView-4 image generation (BigModel-compatible API)."""
+
+
 app.command("serve")(serve.serve)
 app.command("generate")(generate.generate)
 app.command("verify-watermark")(watermark.verify_watermark)

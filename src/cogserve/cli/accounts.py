@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cogserve.cli.options import (
+    Create,
     DatabaseUrl,
     DataDir,
     build_settings,
     fail,
-    open_metadata,
+    open_database,
     storage_flags,
 )
 from cogserve.settings import Settings
@@ -33,12 +34,15 @@ users_app = typer.Typer(help="Block and unblock end users (the requests' user_id
 
 
 @contextmanager
-def _accounts(data_dir: Path | None, database_url: str | None) -> Iterator[tuple[Settings, AccountStore]]:
-    """The settings and the account tables the storage options name, on a migrated database."""
+def _accounts(
+    data_dir: Path | None, database_url: str | None, create: bool = False
+) -> Iterator[tuple[Settings, AccountStore]]:
+    """The settings and the account tables the storage options name, on a migrated database (a new
+    SQLite file only with ``create``)."""
     from cogserve.storage.accounts import AccountStore
 
     settings = build_settings(storage=storage_flags(data_dir, database_url))
-    with open_metadata(settings) as metadata:
+    with open_database(settings, create=create) as metadata:
         metadata.create_schema()
         yield settings, AccountStore(metadata.engine)
 
@@ -65,12 +69,13 @@ def keys_create(
     ] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    create: Create = False,
 ) -> None:
     """Create a key and print it once: it cannot be shown again."""
     from cogserve.auth import ApiKeys, SecretBox
     from cogserve.service.access import server_key
 
-    with _accounts(data_dir, database_url) as (settings, store):
+    with _accounts(data_dir, database_url, create) as (settings, store):
         keys = ApiKeys(store, SecretBox(server_key(settings)))
         key, full = keys.create(
             name, rpm_limit=rpm, concurrency_limit=concurrency, allow_no_watermark=allow_no_watermark
@@ -107,8 +112,7 @@ def keys_revoke(
     with _accounts(data_dir, database_url) as (_, store):
         revoked = store.revoke_key(key_id)
     if not revoked:
-        typer.secho(f"no active key {key_id}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1)
+        fail(f"no active key {key_id}")  # bad input: exit 2
     typer.echo(f"revoked {key_id}")
 
 
@@ -118,9 +122,10 @@ def users_block(
     reason: Annotated[str, typer.Option(help="Shown to the client in the 403 message")] = "",
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    create: Create = False,
 ) -> None:
     """Refuse every request carrying this user_id (403/1112), whichever key sends it."""
-    with _accounts(data_dir, database_url) as (_, store):
+    with _accounts(data_dir, database_url, create) as (_, store):
         store.block_user(user_id, reason)
     typer.echo(f"blocked {user_id}")
 
@@ -135,8 +140,7 @@ def users_unblock(
     with _accounts(data_dir, database_url) as (_, store):
         unblocked = store.unblock_user(user_id)
     if not unblocked:
-        typer.secho(f"{user_id} was not blocked", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1)
+        fail(f"{user_id} was not blocked")  # bad input: exit 2
     typer.echo(f"unblocked {user_id}")
 
 

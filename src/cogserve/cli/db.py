@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cogserve.cli.options import (
+    Create,
     DatabaseUrl,
     DataDir,
     ImageStore,
     S3EndpointUrl,
     build_settings,
     configure_process,
-    open_metadata,
+    missing_database,
+    open_database,
     storage_flags,
 )
 
@@ -33,20 +35,19 @@ db_app = typer.Typer(help="Migrate the metadata database's schema.", no_args_is_
 
 
 @contextmanager
-def _database(data_dir: Path | None, database_url: str | None) -> Iterator[Engine]:
+def _database(data_dir: Path | None, database_url: str | None, create: bool) -> Iterator[Engine]:
     """The engine of the database the storage options name, as it is (not migrated)."""
     settings = build_settings(storage=storage_flags(data_dir, database_url))
-    with open_metadata(settings) as store:
-        typer.echo(f"database: {store.engine.url.render_as_string(hide_password=True)}", err=True)
+    with open_database(settings, create=create) as store:
         yield store.engine
 
 
 @db_app.command("upgrade")
-def upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+def upgrade(data_dir: DataDir = None, database_url: DatabaseUrl = None, create: Create = False) -> None:
     """Migrate the schema to the newest revision (from an empty database, or any earlier release)."""
     from cogserve.storage import migrate
 
-    with _database(data_dir, database_url) as engine:
+    with _database(data_dir, database_url, create) as engine:
         report = migrate.upgrade(engine)
     if report.adopted is not None:
         typer.echo(f"recognised the schema of revision {report.adopted} (made before migrations)")
@@ -67,7 +68,13 @@ def current(
     from cogserve.storage.database import translated
 
     newest = migrate.head()
-    with _database(data_dir, database_url) as engine:
+    missing = missing_database(build_settings(storage=storage_flags(data_dir, database_url)))
+    if missing is not None:  # looking must not make the file
+        typer.echo(f"none: no cogserve tables yet (no database at {missing}); newest is {newest}")
+        if check:
+            raise typer.Exit(1)
+        return
+    with _database(data_dir, database_url, create=False) as engine:
         revision = migrate.current(engine)
         legacy = None
         if revision is None:
@@ -100,7 +107,7 @@ def gc(
     settings = build_settings(storage=storage_flags(data_dir, database_url, image_store, s3_endpoint_url))
     configure_process(settings, "warning")
     started = time.perf_counter()
-    with open_metadata(settings) as metadata:
+    with open_database(settings, create=False) as metadata:
         metadata.create_schema()
         report = sweep(create_image_store(settings), metadata)
     typer.echo(

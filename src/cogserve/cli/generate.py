@@ -20,7 +20,7 @@ from cogserve.cli.options import (
     configure_process,
     fail,
 )
-from cogserve.errors import CogserveError
+from cogserve.errors import CogserveError, PromptTooLong
 
 
 def generate(
@@ -70,10 +70,12 @@ def generate(
             poll_interval=poll_interval,
         )
         return
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cogserve.api.protocol import ImageGenerationRequest, validation_error
     from cogserve.engine import create_engine, generate_one
+    from cogserve.engine.prompt_tokens import check_prompt_tokens
     from cogserve.safety import encode_png
     from cogserve.storage.files import atomic_write
 
@@ -104,11 +106,16 @@ def generate(
         params = request.to_request(settings.model, request_id="cli").params
         engine = create_engine(settings)
         engine.load()
+        try:
+            check_prompt_tokens(engine.count_prompt_tokens(prompt), engine.info.max_prompt_tokens)
+        except PromptTooLong as exc:
+            fail(exc.message)  # bad input, like a bad size: exit 2
         with Progress(
             TextColumn("denoising"),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
             TimeElapsedColumn(),
+            console=Console(stderr=True),  # progress on stderr, as with --server: stdout is the result
         ) as progress:
             task = progress.add_task("denoising", total=params.steps)
             result = generate_one(

@@ -25,6 +25,32 @@ from cogserve.settings import Settings
 if TYPE_CHECKING:
     from cogserve.storage import MetadataStore
 
+# --help panels: serve has many flags; each command shows its own in these groups.
+MODEL_PANEL = "Model"
+ENGINE_PANEL = "Engine"
+STORAGE_PANEL = "Storage"
+AUTH_PANEL = "Auth"
+SAFETY_PANEL = "Safety"
+JOBS_PANEL = "Jobs"
+SCALE_OUT_PANEL = "Scale-out"
+SERVER_PANEL = "Server"
+
+
+def default_of(setting: str, unset: str = "unset") -> str:
+    """The default of ``area.field`` in settings.py, as --help shows it. Flags themselves default to
+    None (left out: the environment variable, then this), so typer cannot show it by itself."""
+    area, name = setting.split(".")
+    model = Settings.model_fields[area].annotation
+    value = model.model_fields[name].get_default(call_default_factory=True)  # type: ignore[union-attr]
+    if value is None or value == []:
+        return unset
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
 #: Exit status for a bad flag or setting, as click uses for usage errors.
 EXIT_BAD_CONFIG = 2
 #: Exit status for a failure while working (a database, a disk, the model).
@@ -37,6 +63,8 @@ DataDir = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
+        rich_help_panel=STORAGE_PANEL,
+        show_default=default_of("storage.data_dir"),
         help="Images, the SQLite metadata DB, the server key and the built-in model "
         "[COGSERVE_STORAGE__DATA_DIR]",
     ),
@@ -45,6 +73,8 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
+        rich_help_panel=STORAGE_PANEL,
+        show_default=default_of("storage.database_url", "the SQLite file"),
         help="Metadata DB as an SQLAlchemy URL, e.g. postgresql+psycopg://user@host:5432/cogserve; "
         "unset: the SQLite file in --data-dir [COGSERVE_STORAGE__DATABASE_URL]",
     ),
@@ -53,17 +83,35 @@ ImageStore = Annotated[
     str | None,
     typer.Option(
         "--image-store",
+        rich_help_panel=STORAGE_PANEL,
+        show_default=default_of("storage.image_store", "files"),
         help="s3://bucket/prefix; unset: files in --data-dir [COGSERVE_STORAGE__IMAGE_STORE]",
     ),
 ]
 S3EndpointUrl = Annotated[
     str | None,
-    typer.Option("--s3-endpoint-url", help="S3-compatible endpoint [COGSERVE_STORAGE__S3_ENDPOINT_URL]"),
+    typer.Option(
+        "--s3-endpoint-url",
+        rich_help_panel=STORAGE_PANEL,
+        show_default=default_of("storage.s3_endpoint_url", "AWS"),
+        help="S3-compatible endpoint [COGSERVE_STORAGE__S3_ENDPOINT_URL]",
+    ),
+]
+Create = Annotated[
+    bool,
+    typer.Option(
+        "--create",
+        rich_help_panel=STORAGE_PANEL,
+        help="Make a new SQLite database when none is at the path named (default: refuse, so a wrong "
+        "or relative --data-dir does not quietly start an empty one)",
+    ),
 ]
 PresignedUrls = Annotated[
     bool | None,
     typer.Option(
         "--presigned-urls/--no-presigned-urls",
+        rich_help_panel=STORAGE_PANEL,
+        show_default=default_of("storage.presigned_urls"),
         help="With an s3:// --image-store, link presigned S3 URLs [COGSERVE_STORAGE__PRESIGNED_URLS]",
     ),
 ]
@@ -71,12 +119,19 @@ PresignedUrls = Annotated[
 # Model: shared by serve and generate.
 ModelPath = Annotated[
     str | None,
-    typer.Option("--model-path", help="CogView4 diffusers folder or cached repo id [COGSERVE_MODEL__PATH]"),
+    typer.Option(
+        "--model-path",
+        rich_help_panel=MODEL_PANEL,
+        show_default=default_of("model.path", "the built-in model"),
+        help="CogView4 diffusers folder or cached repo id [COGSERVE_MODEL__PATH]",
+    ),
 ]
 Builtin = Annotated[
     str | None,
     typer.Option(
         "--builtin",
+        rich_help_panel=MODEL_PANEL,
+        show_default=default_of("model.builtin"),
         help="Built-in model when no --model-path: shapes (trained; draws flat shapes) | tiny-random "
         "(noise; for tests) [COGSERVE_MODEL__BUILTIN]",
     ),
@@ -84,13 +139,30 @@ Builtin = Annotated[
 AllowDownload = Annotated[
     bool | None,
     typer.Option(
-        "--allow-download/--no-download", help="Let a repo id be downloaded [COGSERVE_MODEL__ALLOW_DOWNLOAD]"
+        "--allow-download/--no-download",
+        rich_help_panel=MODEL_PANEL,
+        show_default=default_of("model.allow_download"),
+        help="Let a repo id be downloaded [COGSERVE_MODEL__ALLOW_DOWNLOAD]",
     ),
 ]
 Device = Annotated[
-    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N [COGSERVE_MODEL__DEVICE]")
+    str | None,
+    typer.Option(
+        "--device",
+        rich_help_panel=MODEL_PANEL,
+        show_default=default_of("model.device"),
+        help="auto | cpu | cuda | cuda:N [COGSERVE_MODEL__DEVICE]",
+    ),
 ]
-DType = Annotated[str | None, typer.Option("--dtype", help="auto | bf16 | fp32 [COGSERVE_MODEL__DTYPE]")]
+DType = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        rich_help_panel=MODEL_PANEL,
+        show_default=default_of("model.dtype"),
+        help="auto | bf16 | fp32 [COGSERVE_MODEL__DTYPE]",
+    ),
+]
 
 
 def storage_flags(
@@ -149,6 +221,35 @@ def explained(exc: CogserveError) -> str:
     cause = getattr(exc.__cause__, "orig", None) or exc.__cause__
     reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
     return f"{exc.message}: {reason}" if reason and reason not in exc.message else exc.message
+
+
+def missing_database(settings: Settings) -> Path | None:
+    """The SQLite file ``settings`` name when it does not exist yet; None when it does, or when the
+    database is a server's (PostgreSQL: the operator made it; opening it creates nothing)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database)
+    return None if path.exists() else path
+
+
+@contextmanager
+def open_database(settings: Settings, *, create: bool) -> Iterator[MetadataStore]:
+    """``open_metadata``, saying on stderr which database it opened; refuses (exit 2) to make a new
+    SQLite file unless ``create``: run from the wrong folder, a relative data dir would otherwise
+    start an empty database there, and its keys would never reach the server."""
+    missing = missing_database(settings)
+    if missing is not None and not create:
+        fail(
+            f"no database at {missing}: name the server's with --data-dir or --database-url "
+            "(cogserve serve makes one on its first start), or pass --create to make a new one there"
+        )
+    with open_metadata(settings) as store:
+        shown = store.engine.url.render_as_string(hide_password=True)
+        typer.echo(f"database: {shown}{' (new)' if missing is not None else ''}", err=True)
+        yield store
 
 
 @contextmanager

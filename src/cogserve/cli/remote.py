@@ -85,10 +85,13 @@ def api_error(response: httpx.Response) -> RemoteError:
         error = response.json().get("error")
     except (ValueError, AttributeError):
         error = None
+    # The CLI's rule: the server refusing what was asked (400, 413) is bad input, exit 2.
+    exit_code = 2 if response.status_code in (400, 413) else 1
     if isinstance(error, dict) and error.get("message"):
-        return RemoteError(f"error {error.get('code', response.status_code)}: {error['message']}")
+        message = f"error {error.get('code', response.status_code)}: {error['message']}"
+        return RemoteError(message, exit_code)
     text = response.text.strip()[:200] or response.reason_phrase
-    return RemoteError(f"error {response.status_code}: {text}")
+    return RemoteError(f"error {response.status_code}: {text}", exit_code)
 
 
 def transport_error(server: str, exc: httpx.TransportError) -> RemoteError:

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 
 from cogserve.cli.options import (
+    AUTH_PANEL,
+    ENGINE_PANEL,
     EXIT_FAILED,
+    JOBS_PANEL,
+    MODEL_PANEL,
+    SAFETY_PANEL,
+    SCALE_OUT_PANEL,
+    SERVER_PANEL,
     AllowDownload,
     Builtin,
     DatabaseUrl,
@@ -22,6 +29,7 @@ from cogserve.cli.options import (
     S3EndpointUrl,
     build_settings,
     configure_process,
+    default_of,
     fail,
     storage_flags,
 )
@@ -29,33 +37,75 @@ from cogserve.errors import CogserveError
 
 Offload = Annotated[
     str | None,
-    typer.Option(help="none | model | sequential: CPU offload, CUDA only [COGSERVE_MODEL__OFFLOAD]"),
+    typer.Option(
+        rich_help_panel=ENGINE_PANEL,
+        show_default=default_of("model.offload"),
+        help="none | model | sequential: CPU offload, CUDA only [COGSERVE_MODEL__OFFLOAD]",
+    ),
 ]
 VaeTiling = Annotated[
     bool | None,
-    typer.Option("--vae-tiling/--no-vae-tiling", help="Tiled VAE decode [COGSERVE_MODEL__VAE_TILING]"),
+    typer.Option(
+        "--vae-tiling/--no-vae-tiling",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=default_of("model.vae_tiling"),
+        help="Tiled VAE decode [COGSERVE_MODEL__VAE_TILING]",
+    ),
 ]
 TextEncoderQuant = Annotated[
     str | None,
-    typer.Option(help="none | int8 (torchao) | nf4 (CUDA) [COGSERVE_MODEL__TEXT_ENCODER_QUANT]"),
+    typer.Option(
+        rich_help_panel=ENGINE_PANEL,
+        show_default=default_of("model.text_encoder_quant"),
+        help="none | int8 (torchao) | nf4 (CUDA) [COGSERVE_MODEL__TEXT_ENCODER_QUANT]",
+    ),
 ]
 Compile = Annotated[
     bool | None,
-    typer.Option("--compile/--no-compile", help="torch.compile the transformer [COGSERVE_MODEL__COMPILE]"),
+    typer.Option(
+        "--compile/--no-compile",
+        rich_help_panel=ENGINE_PANEL,
+        show_default=default_of("model.compile"),
+        help="torch.compile the transformer [COGSERVE_MODEL__COMPILE]",
+    ),
 ]
 StepCache = Annotated[
-    str | None, typer.Option(help="none | fbc:<threshold> First Block Cache [COGSERVE_MODEL__STEP_CACHE]")
+    str | None,
+    typer.Option(
+        rich_help_panel=ENGINE_PANEL,
+        show_default=default_of("model.step_cache"),
+        help="none | fbc:<threshold> First Block Cache [COGSERVE_MODEL__STEP_CACHE]",
+    ),
 ]
 
 
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind [COGSERVE_SERVER__HOST]")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to bind [COGSERVE_SERVER__PORT]")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel=SERVER_PANEL,
+            show_default=default_of("server.host"),
+            help="Address to bind [COGSERVE_SERVER__HOST]",
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            rich_help_panel=SERVER_PANEL,
+            show_default=default_of("server.port"),
+            help="Port to bind [COGSERVE_SERVER__PORT]",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     model_path: ModelPath = None,
     builtin: Builtin = None,
     public_url: Annotated[
-        str | None, typer.Option(help="Base URL of image links [COGSERVE_SERVER__PUBLIC_URL]")
+        str | None,
+        typer.Option(
+            rich_help_panel=SERVER_PANEL,
+            show_default=default_of("server.public_url", "the request's own"),
+            help="Base URL of image links [COGSERVE_SERVER__PUBLIC_URL]",
+        ),
     ] = None,
     allow_download: AllowDownload = None,
     device: Device = None,
@@ -67,51 +117,101 @@ def serve(
     step_cache: StepCache = None,
     warmup_sizes: Annotated[
         str | None,
-        typer.Option(help="Warm before ready: 1024x1024:20,512x512 [COGSERVE_MODEL__WARMUP_SIZES]"),
+        typer.Option(
+            rich_help_panel=MODEL_PANEL,
+            show_default=default_of("model.warmup_sizes"),
+            help="Warm before ready: 1024x1024:20,512x512 [COGSERVE_MODEL__WARMUP_SIZES]",
+        ),
     ] = None,
     max_queue: Annotated[
-        int | None, typer.Option(help="Waiting requests before 429 [COGSERVE_SCHEDULER__MAX_QUEUE]")
+        int | None,
+        typer.Option(
+            rich_help_panel=ENGINE_PANEL,
+            show_default=default_of("scheduler.max_queue"),
+            help="Waiting requests before 429 [COGSERVE_SCHEDULER__MAX_QUEUE]",
+        ),
     ] = None,
     max_batch_size: Annotated[
-        int | None, typer.Option(help="Images per pipeline call [COGSERVE_SCHEDULER__MAX_BATCH_SIZE]")
+        int | None,
+        typer.Option(
+            rich_help_panel=ENGINE_PANEL,
+            show_default=default_of("scheduler.max_batch_size", "by device"),
+            help="Images per pipeline call [COGSERVE_SCHEDULER__MAX_BATCH_SIZE]",
+        ),
     ] = None,
     max_batch_wait_ms: Annotated[
         float | None,
-        typer.Option(help="Longest wait for batch company [COGSERVE_SCHEDULER__MAX_BATCH_WAIT_MS]"),
+        typer.Option(
+            rich_help_panel=ENGINE_PANEL,
+            show_default=default_of("scheduler.max_batch_wait_ms"),
+            help="Longest wait for batch company [COGSERVE_SCHEDULER__MAX_BATCH_WAIT_MS]",
+        ),
     ] = None,
     request_timeout: Annotated[
         float | None,
-        typer.Option(help="Seconds before a request times out [COGSERVE_SCHEDULER__REQUEST_TIMEOUT_S]"),
+        typer.Option(
+            rich_help_panel=ENGINE_PANEL,
+            show_default=default_of("scheduler.request_timeout_s"),
+            help="Seconds before a request times out [COGSERVE_SCHEDULER__REQUEST_TIMEOUT_S]",
+        ),
     ] = None,
     require_auth: Annotated[
         bool | None,
         typer.Option(
-            "--require-auth/--no-require-auth", help="Refuse keyless requests [COGSERVE_AUTH__REQUIRE_AUTH]"
+            "--require-auth/--no-require-auth",
+            rich_help_panel=AUTH_PANEL,
+            show_default=default_of("auth.require_auth", "on once a key exists"),
+            help="Refuse keyless requests even before a key exists (the first key turns auth on "
+            "anyway) [COGSERVE_AUTH__REQUIRE_AUTH]",
         ),
     ] = None,
     moderation_policy: Annotated[
-        Path | None, typer.Option(help="Moderation policy TOML [COGSERVE_SAFETY__MODERATION_POLICY]")
+        Path | None,
+        typer.Option(
+            rich_help_panel=SAFETY_PANEL,
+            show_default=default_of("safety.moderation_policy", "the built-in policy"),
+            help="Moderation policy TOML [COGSERVE_SAFETY__MODERATION_POLICY]",
+        ),
     ] = None,
     image_checker: Annotated[
-        str | None, typer.Option(help="none | nudenet [COGSERVE_SAFETY__IMAGE_CHECKER]")
+        str | None,
+        typer.Option(
+            rich_help_panel=SAFETY_PANEL,
+            show_default=default_of("safety.image_checker"),
+            help="none | nudenet [COGSERVE_SAFETY__IMAGE_CHECKER]",
+        ),
     ] = None,
     job_timeout: Annotated[
-        float | None, typer.Option(help="Seconds an async job may take [COGSERVE_JOBS__TIMEOUT_S]")
+        float | None,
+        typer.Option(
+            rich_help_panel=JOBS_PANEL,
+            show_default=default_of("jobs.timeout_s"),
+            help="Seconds an async job may take [COGSERVE_JOBS__TIMEOUT_S]",
+        ),
     ] = None,
     webhook_allow: Annotated[
         str | None,
         typer.Option(
-            help="Hosts webhooks may go to: a.example,b.example:8443 [COGSERVE_JOBS__WEBHOOK_ALLOW]"
+            rich_help_panel=JOBS_PANEL,
+            show_default=default_of("jobs.webhook_allow", "none"),
+            help="Hosts webhooks may go to: a.example,b.example:8443 [COGSERVE_JOBS__WEBHOOK_ALLOW]",
         ),
     ] = None,
     log_format: Annotated[
-        str | None, typer.Option(help="text | json (one object per line) [COGSERVE_SERVER__LOG_FORMAT]")
+        str | None,
+        typer.Option(
+            rich_help_panel=SERVER_PANEL,
+            show_default=default_of("server.log_format"),
+            help="text | json (one object per line) [COGSERVE_SERVER__LOG_FORMAT]",
+        ),
     ] = None,
     cors_allow_origins: Annotated[
         str | None,
         typer.Option(
+            rich_help_panel=SERVER_PANEL,
+            show_default=default_of("server.cors_allow_origins", "none"),
             help="Origins allowed cross-origin: https://app.example,https://b.example "
-            "[COGSERVE_SERVER__CORS_ALLOW_ORIGINS]"
+            "[COGSERVE_SERVER__CORS_ALLOW_ORIGINS]",
         ),
     ] = None,
     database_url: DatabaseUrl = None,
@@ -119,14 +219,30 @@ def serve(
     s3_endpoint_url: S3EndpointUrl = None,
     presigned_urls: PresignedUrls = None,
     ray: Annotated[
-        bool, typer.Option("--ray", help="Run the ingress and model replicas on Ray Serve (extra: ray)")
+        bool,
+        typer.Option(
+            "--ray",
+            rich_help_panel=SCALE_OUT_PANEL,
+            help="Run the ingress and model replicas on Ray Serve (extra: ray)",
+        ),
     ] = False,
-    replicas: Annotated[int, typer.Option(min=1, help="Model replicas (with --ray)")] = 1,
-    gpus_per_replica: Annotated[float, typer.Option(min=0, help="GPUs per model replica (with --ray)")] = 0,
+    replicas: Annotated[
+        int, typer.Option(rich_help_panel=SCALE_OUT_PANEL, min=1, help="Model replicas (with --ray)")
+    ] = 1,
+    gpus_per_replica: Annotated[
+        float,
+        typer.Option(rich_help_panel=SCALE_OUT_PANEL, min=0, help="GPUs per model replica (with --ray)"),
+    ] = 0,
     ray_address: Annotated[
-        str | None, typer.Option(help="Join this Ray cluster (with --ray); default: start a local one")
+        str | None,
+        typer.Option(
+            rich_help_panel=SCALE_OUT_PANEL,
+            help="Join this Ray cluster (with --ray); default: start a local one",
+        ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
+    log_level: Annotated[
+        str, typer.Option(rich_help_panel=SERVER_PANEL, help="debug | info | warning")
+    ] = "info",
 ) -> None:
     """Serve the images API over HTTP."""
     import uvicorn

@@ -89,7 +89,7 @@ def _locate_given(given: str, allow_download: bool) -> str:
     if not allow_download and not _in_hf_cache(given):
         raise ConfigError(
             f"'{given}' is not in the local Hugging Face cache and downloads are off. Fetch it "
-            f"first (huggingface-cli download {given}), point --model-path at a local folder, "
+            f"first (hf download {given}), point --model-path at a local folder, "
             "or pass --allow-download."
         )
     return given
@@ -165,5 +165,5 @@ def load_pipeline(
         raise ConfigError(f"cannot load model '{source}': {exc}") from exc
     place_and_apply(pipe, settings, device)
     pipe.set_progress_bar_config(disable=True)
-    log.info("loaded %s on %s (%s)", builtin or source, device, str(dtype))
+    log.debug("loaded %s on %s (%s)", builtin or source, device, str(dtype))  # "ready:" says it
     return pipe, builtin, native_pixels(source)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cogserve.engine.loader import load_pipeline, resolve_device
+from cogserve.engine.prompt_tokens import MAX_PROMPT_TOKENS, count_prompt_tokens
 from cogserve.engine.types import BatchItem, GenerationOutput, GenerationParams, ModelInfo, generate_one
 from cogserve.errors import ConfigError, GenerationFailed, Interrupted, OutOfMemory
 from cogserve.settings import ModelSettings
@@ -49,6 +50,11 @@ class PipelineEngine:
             device=device,
             dtype=str(self._pipe.transformer.dtype).removeprefix("torch."),
         )
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        if self._pipe is None:
+            raise ConfigError("the model is not loaded yet")
+        return count_prompt_tokens(self._pipe.tokenizer, prompt)
 
     def warmup(self) -> None:
         for width, height, steps in warmup_buckets(self._settings):
@@ -99,6 +105,7 @@ class PipelineEngine:
                     generator=generators,
                     latents=latents,
                     callback_on_step_end=step_end,
+                    max_sequence_length=MAX_PROMPT_TOKENS,
                 )
             except Interrupted:
                 raise

@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from cogserve.engine.prompt_tokens import MAX_PROMPT_TOKENS
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
@@ -67,6 +69,8 @@ class ModelInfo:
     builtin: bool
     device: str
     dtype: str
+    #: The longest prompt the text encoder reads, in its tokens (``engine.prompt_tokens``).
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
 
 
 class Engine(Protocol):
@@ -83,6 +87,10 @@ class Engine(Protocol):
 
     def warmup(self) -> None:
         """Generate each configured warm-up bucket once, so no request pays one-off costs."""
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        """The prompt's length in the loaded model's tokens, as the pipeline counts it (blocking)."""
+        ...
 
     def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
         """One pipeline call for items sharing a ``batch_key``; outputs in the items' order.

@@ -51,11 +51,15 @@ class ModelReplica:
             "builtin": info.builtin,
             "device": info.device,
             "dtype": info.dtype,
+            "max_prompt_tokens": info.max_prompt_tokens,
             "replica": self._name,
             "pid": os.getpid(),
             "images": self._images,
             "queued": self._scheduler.stats.queued,
         }
+
+    def count_prompt_tokens(self, prompt: str) -> int:
+        return self._engine.count_prompt_tokens(prompt)
 
     async def generate(
         self, params: dict[str, Any], request_id: str, timeout_s: float | None

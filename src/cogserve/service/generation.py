@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from cogserve.auth import ApiKey
-from cogserve.engine import GenerationParams
+from cogserve.engine import Engine, GenerationParams
+from cogserve.engine.prompt_tokens import check_prompt_tokens
 from cogserve.engine.scheduler import ImageScheduler, ProgressListener
 from cogserve.errors import ContentBlocked, InvalidField, NotFound, ServiceUnavailable, StorageError
 from cogserve.metrics import Metrics
@@ -95,8 +96,11 @@ class ImageService:
         access: AccessControl,
         safety: Safety,
         metrics: Metrics | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self._settings = settings
+        # Counts prompts in the served model's tokens; None (tests of the service alone) skips that.
+        self._engine = engine
         self._metrics = metrics or Metrics()
         self._scheduler = scheduler
         self._access = access
@@ -113,11 +117,12 @@ class ImageService:
     ) -> list[StoredImage]:
         """Check, generate, mark and store the images of one request; the stored images, in order.
 
-        In order: model ready -> watermark choice allowed -> user not blocked -> within limits ->
-        prompt moderation -> scheduler -> image moderation -> watermarks -> file, then row. The
-        images of one request are admitted once (one request against the key's and user's limits)
-        and submitted together, so they share a batch. Cancelling the caller's task cancels it:
-        queued work never starts, running work stops or is discarded, and nothing stays stored.
+        In order: model ready -> prompt within the model's tokens -> watermark choice allowed ->
+        user not blocked -> within limits -> prompt moderation -> scheduler -> image moderation ->
+        watermarks -> file, then row. The images of one request are admitted once (one request
+        against the key's and user's limits) and submitted together, so they share a batch.
+        Cancelling the caller's task cancels it: queued work never starts, running work stops or is
+        discarded, and nothing stays stored.
         """
         first = requests[0]
         async with self.admission(first, key) as watermark:
@@ -138,10 +143,12 @@ class ImageService:
 
     @asynccontextmanager
     async def admission(self, request: ImageRequest, key: ApiKey | None) -> AsyncIterator[bool]:
-        """Refuse at once if the model is not ready, the watermark choice is not allowed, the user
-        is blocked or a limit is reached; otherwise hold the request's place within its key's and
-        user's limits until the block ends. Yields whether its images get watermarks."""
+        """Refuse at once if the model is not ready, the prompt is longer than the model reads, the
+        watermark choice is not allowed, the user is blocked or a limit is reached; otherwise hold
+        the request's place within its key's and user's limits until the block ends. Yields whether
+        its images get watermarks."""
         self.check_ready()
+        await self.check_prompt_tokens(request.params.prompt)
         watermark = self._watermark_wanted(request, key)
         async with self._access.admitted(key, request.user_id):
             yield watermark
@@ -152,6 +159,15 @@ class ImageService:
                 self.load_error or "the model is still loading; retry shortly",
                 headers={"Retry-After": "5"},
             )
+
+    async def check_prompt_tokens(self, prompt: str) -> None:
+        """Raise ``PromptTooLong`` when the model's tokenizer makes more tokens of ``prompt`` than its
+        text encoder reads: the pipeline would silently drop the rest."""
+        if self._engine is None:
+            return
+        # Off the loop: a 4,000-character prompt takes a real tokenizer about a millisecond.
+        count = await asyncio.to_thread(self._engine.count_prompt_tokens, prompt)
+        check_prompt_tokens(count, self._engine.info.max_prompt_tokens)
 
     async def check_database(self) -> None:
         """Raise ``StorageUnavailable`` when the metadata database does not answer (for /readyz)."""

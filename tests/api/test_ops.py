@@ -167,3 +167,9 @@ def test_openapi_documents_the_request_body_and_errors(client: TestClient) -> No
     assert {"quality", "size", "user_id", "request_id", "seed", "n"} <= set(schema["properties"])
     assert all(prop.get("description") for prop in schema["properties"].values())
     assert {"200", "400", "500", "503"} <= set(operation["responses"])
+
+
+def test_the_playground_says_the_tiny_random_model_draws_noise(client: TestClient) -> None:
+    config = client.get("/playground/config.json").json()
+    assert "random" in config["model_note"] and "--builtin shapes" in config["model_note"]
+    assert config["example_prompts"] == []  # nothing it draws is worth suggesting

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from cogserve.api.dependencies import context
 from cogserve.api.openapi import error_responses
 from cogserve.api.protocol import CLOSED
-from cogserve.engine.builtin import SHAPES_EXAMPLES, SHAPES_NOTE
+from cogserve.engine.builtin import SHAPES_EXAMPLES, SHAPES_NOTE, TINY_NOTE
 from cogserve.errors import NotFound
 from cogserve.service.sizes import DEFAULT_SIZE, MAX_PIXELS, MAX_SIDE, MIN_SIDE, MULTIPLE, RECOMMENDED_SIZES
 from cogserve.settings import ModelSettings
@@ -113,10 +113,13 @@ async def playground_config(request: Request) -> PlaygroundConfig:
 
 
 def _model_guide(model: ModelSettings) -> dict[str, Any]:
-    """The shapes model draws a small world: say what it is and offer prompts from it."""
-    if model.model_family != "shapes":
-        return {}
-    return {"model_note": SHAPES_NOTE, "example_prompts": list(SHAPES_EXAMPLES)}
+    """Say what a built-in model draws: the shapes model, a small world (with prompts from it); the
+    tiny random one, noise. A CogView4 checkpoint needs no note."""
+    if model.model_family == "shapes":
+        return {"model_note": SHAPES_NOTE, "example_prompts": list(SHAPES_EXAMPLES)}
+    if model.model_family == "tiny-random":
+        return {"model_note": TINY_NOTE}
+    return {}
 
 
 @router.get("/playground/{name}", include_in_schema=False)

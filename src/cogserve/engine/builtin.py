@@ -47,6 +47,13 @@ SHAPES_NOTE = (
     "and 9 positions on a solid background, from English or Chinese prompts, and does not draw them "
     "reliably yet. Prompts from its world:"
 )
+#: What the playground says while the tiny random model serves (every picture is noise).
+TINY_NOTE = (
+    "This server runs the built-in tiny random model: its weights are random, so every picture is "
+    "coloured noise, whatever the prompt. It is there to try the API, the SDKs and this page without "
+    "a download. Start the server with --builtin shapes for the built-in model that draws flat "
+    "shapes, or with --model-path for CogView4-6B."
+)
 #: Prompts the playground offers while the shapes model serves.
 SHAPES_EXAMPLES = (
     "a red circle on a blue background",

@@ -736,6 +736,12 @@ AUTH_CASES: list[Any] = [
     pytest.param("Basic dXNlcjpwYXNz", "1002", id="Basic scheme"),
     pytest.param("Bearer a.b.c", "1002", id="JWT-shaped garbage"),
     pytest.param("Bearer " + _jwt({"alg": "none"}, {"api_key": "x", "exp": 1}), "1002", id="alg none JWT"),
+    pytest.param(
+        "Bearer " + _jwt({"alg": "HS256"}, {"api_key": "x", "exp": float("nan")}), "1002", id="NaN exp JWT"
+    ),
+    pytest.param(
+        "Bearer " + _jwt({"alg": "HS256"}, {"api_key": "x", "exp": 10**400}), "1002", id="401-digit exp JWT"
+    ),
     pytest.param("Bearer ../../etc/passwd", "1002", id="traversal as a key"),
     pytest.param("Bearer key'; DROP TABLE api_keys;--.secret", "1002", id="SQL as a key"),
     pytest.param("Bearer \u732b.secret".encode(), "1002", id="UTF-8 key id"),

@@ -7,8 +7,10 @@ fails here, by name) without anyone remembering to add it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gc
+import hashlib
 import hmac
 import itertools
 import logging
@@ -419,6 +421,28 @@ def test_unknown_image_and_job_ids_are_not_found(make_client: Callable[..., Test
         assert response.json()["error"]["code"] == "1222"
     response = client.get(f"/api/paas/v4/async-result/{new_job_id()}", headers=bearer(full))
     assert response.status_code == 404
+
+
+def _signed_raw(full_key: str, payload_json: str) -> str:
+    """A correctly signed token over ``payload_json`` as written: JSON's encoders cannot write NaN."""
+    key_id, secret = full_key.split(".")
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","sign_type":"SIGN"}').decode().rstrip("=")
+    payload = base64.urlsafe_b64encode(payload_json.replace("KEY", key_id).encode()).decode().rstrip("=")
+    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{base64.urlsafe_b64encode(signature).decode().rstrip('=')}"
+
+
+def test_signed_tokens_with_nan_or_huge_exp_are_401_not_accepted_or_500(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client()
+    _, full = access_of(client).keys.create("numbers")
+    for exp in ("NaN", "Infinity", "1e400", "9" * 401, "-" + "9" * 401):
+        token = _signed_raw(full, f'{{"api_key": "KEY", "exp": {exp}, "timestamp": 1700000000000}}')
+        response = client.post(IMAGES, json=BODY, headers=bearer(token))
+        assert (response.status_code, response.json()["error"]["code"]) == (401, "1002"), (exp, response.text)
+        response = client.post("/v1/images/generations", json=BODY, headers=bearer(token))
+        assert response.status_code == 401, (exp, response.text)
 
 
 # -- 4. no secret in logs, audit rows or metrics -------------------------------------------------

@@ -1157,3 +1157,14 @@ def test_after_the_live_catalogue_the_server_generates(live: Server) -> None:
     assert live.process.poll() is None
     log = live.log.read_text(errors="replace")
     assert "unhandled error" not in log and "Traceback" not in log, log[-5000:]
+
+
+def test_client_strings_cannot_forge_lines_in_the_text_log(live: Server) -> None:
+    forged = "FORGED-LINE 2026-01-01 00:00:00,000 ERROR cogserve: admin in"
+    body = bm(prompt="how to make a pipe bomb", user_id=f"u\n{forged}\r\u2028{forged}")
+    response = httpx.post(live.url + IMAGES, content=body, headers=dict(JSON_CT), timeout=30)
+    assert response.json()["error"]["code"] == "1301", response.text
+    assert httpx.get(f"{live.url}/x%0a{forged.replace(' ', '%20')}", timeout=10).status_code == 404
+    log = live.log.read_text(encoding="utf-8")
+    assert "user_id u\\n" + forged in log  # the line is there, escaped
+    assert not [line for line in log.splitlines() if line.startswith("FORGED-LINE")]

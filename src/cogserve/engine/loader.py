@@ -16,6 +16,7 @@ from cogserve.engine.builtin import (
 )
 from cogserve.engine.modes import check_modes, place_and_apply, quantization_config
 from cogserve.errors import ConfigError
+from cogserve.logs import adopt_library_loggers
 from cogserve.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,14 @@ def preflight(settings: ModelSettings) -> None:
 
 
 def _quiet_progress_bars() -> None:
-    # Loading bars from diffusers/transformers would interleave with the server's log lines.
+    # Loading bars from diffusers/transformers would interleave with the server's log lines, and
+    # their own log handlers would bypass cogserve's formatter.
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    adopt_library_loggers()
 
 
 #: A model folder may carry this file with how cogserve should serve it, e.g. ``{"native_pixels":

@@ -606,3 +606,51 @@ def test_image_files_are_served_with_nosniff(client: TestClient) -> None:
     image = client.get(response.json()["data"][0]["url"].split("testserver", 1)[1])
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.headers.get("x-content-type-options") == "nosniff"
+
+
+# -- 6. end-user ids: a variant of a blocked or limited id is the same user -------------------------
+
+USER_ID_VARIANTS = [
+    "USER-123456",
+    "  user-123456 ",
+    "user\u200b-123456",
+    "\ufeffuser-123456\u2060",
+    "ｕｓｅｒ－１２３４５６",  # full-width
+    "user-123456\u3164",  # Hangul filler
+    "User-123456\u00ad",  # soft hyphen
+]
+
+
+def test_variants_of_a_blocked_user_id_are_blocked_too(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    url = settings_of(client).database_url
+    blocked = CliRunner().invoke(
+        cli_app, ["users", "block", "user-123456", "--reason", "abuse", "--database-url", url]
+    )
+    assert blocked.exit_code == 0, blocked.output
+    for variant in ["user-123456", *USER_ID_VARIANTS]:
+        response = client.post(IMAGES, json={**BODY, "user_id": variant})
+        assert response.status_code == 403, (variant, response.text)
+        assert response.json()["error"]["code"] == "1112"
+        assert repr(variant) in response.json()["error"]["message"]  # echoed as sent
+        openai = client.post("/v1/images/generations", json={"prompt": "a kite", "user": variant})
+        assert openai.status_code == 403, (variant, openai.text)
+    # Unblocking by a variant lifts the block.
+    unblocked = CliRunner().invoke(cli_app, ["users", "unblock", "USER-123456", "--database-url", url])
+    assert unblocked.exit_code == 0, unblocked.output
+    assert client.post(IMAGES, json={**BODY, "user_id": "User-123456"}).status_code == 200
+
+
+def test_variants_of_a_user_id_share_its_per_user_limit(
+    make_client: Callable[..., TestClient], make_settings: Callable[..., Any]
+) -> None:
+    client = make_client(make_settings(auth={"user_rpm": 1}))
+    first = client.post(IMAGES, json={**BODY, "user_id": "user-123456"})
+    assert first.status_code == 200, first.text
+    for variant in USER_ID_VARIANTS:
+        response = client.post(IMAGES, json={**BODY, "user_id": variant})
+        assert (response.status_code, response.json()["error"]["code"]) == (429, "1303"), (
+            variant,
+            response.text,
+        )
+    assert client.post(IMAGES, json={**BODY, "user_id": "user-654321"}).status_code == 200

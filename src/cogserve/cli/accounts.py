@@ -119,9 +119,13 @@ def users_block(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Refuse every request carrying this user_id (403/1112), whichever key sends it."""
+    """Refuse every request carrying this user_id (403/1112), whichever key sends it.
+
+    Matched as requests are: case, width, surrounding spaces and invisible characters aside."""
+    from cogserve.auth.user_ids import match_key
+
     with _accounts(data_dir, database_url) as (_, store):
-        store.block_user(user_id, reason)
+        store.block_user(match_key(user_id), reason)
     typer.echo(f"blocked {user_id}")
 
 
@@ -132,8 +136,11 @@ def users_unblock(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Let this user_id through again."""
+    from cogserve.auth.user_ids import match_key
+
     with _accounts(data_dir, database_url) as (_, store):
-        unblocked = store.unblock_user(user_id)
+        # The match key, and the id as typed for a block written before ids were matched so.
+        unblocked = store.unblock_user(match_key(user_id)) | store.unblock_user(user_id)
     if not unblocked:
         typer.secho(f"{user_id} was not blocked", err=True, fg=typer.colors.RED)
         raise typer.Exit(1)

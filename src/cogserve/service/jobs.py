@@ -28,7 +28,7 @@ from typing import Any, cast
 
 from cogserve.auth import ApiKey
 from cogserve.engine import GenerationParams, ProgressEvent
-from cogserve.engine.scheduler import ImageScheduler
+from cogserve.engine.scheduler import ImageScheduler, Reservation
 from cogserve.errors import CogserveError, Interrupted, NotFound, RequestTimeout
 from cogserve.metrics import Metrics
 from cogserve.service.access import AccessControl
@@ -115,12 +115,13 @@ class JobService:
         self, job: ImageRequest, key: ApiKey | None, base_url: str, webhook_url: str | None = None
     ) -> JobRow:
         self._images.check_ready()
-        self._scheduler.check_capacity()
         if webhook_url is not None:
             check_webhook_url(webhook_url, self._jobs.webhook_allow)
-        # Held until the job ends (``_run`` closes the stack), like a sync request's admission.
+        # Held until the job ends (``_run`` closes the stack), like a sync request's admission:
+        # the limits and the queue place are taken now, so a full queue is a 429 here, not a
+        # failed job later.
         stack = AsyncExitStack()
-        watermark = await stack.enter_async_context(self._images.admission(job, key))
+        watermark, places = await stack.enter_async_context(self._images.admission(job, key))
         now = time.time()
         row = JobRow(
             id=new_job_id(),
@@ -143,7 +144,7 @@ class JobService:
         except BaseException:
             await stack.aclose()
             raise
-        self._start(row, stack)
+        self._start(row, stack, places)
         return row
 
     async def view(self, job_id: str, key: ApiKey | None, base_url: str) -> JobView:
@@ -165,12 +166,14 @@ class JobService:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _start(self, row: JobRow, stack: AsyncExitStack | None) -> None:
+    def _start(self, row: JobRow, stack: AsyncExitStack | None, places: Reservation | None = None) -> None:
         local = _Local(request_id=row.request_id)
         self._local[row.id] = local
-        local.task = asyncio.get_running_loop().create_task(self._run(row, local, stack))
+        local.task = asyncio.get_running_loop().create_task(self._run(row, local, stack, places))
 
-    async def _run(self, row: JobRow, local: _Local, stack: AsyncExitStack | None) -> None:
+    async def _run(
+        self, row: JobRow, local: _Local, stack: AsyncExitStack | None, places: Reservation | None
+    ) -> None:
         spec = json.loads(row.spec)
         job = _job_from(spec["job"])
         outcome: JobOutcome | None = None
@@ -187,6 +190,7 @@ class JobService:
                     local.on_progress,
                     schedule_id=row.id,
                     timeout_s=remaining,
+                    reservation=places,
                 )
             outcome = JobOutcome(
                 status="success",

@@ -25,8 +25,8 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 # C0 and C1 controls (newline, CR, ESC...), Unicode line and paragraph separators, and the
 # bidirectional overrides and isolates that make a line read differently than it is.
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-# Libraries whose logging module adds a handler of its own and stops propagation.
-_LIBRARIES = ("diffusers", "transformers")
+# Libraries that give their logger a handler of its own and stop propagation.
+_LIBRARIES = ("diffusers", "transformers", "torch")
 # diffusers' "The following part of your input was truncated because ...: <the cut prompt text>".
 _CUT_PROMPT = "The following part of your input was truncated"
 
@@ -88,6 +88,7 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     # cogserve logs the webhook's host itself (service/webhooks.py).
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)  # Python warnings too, not raw lines on stderr
     adopt_library_loggers()
 
 
@@ -95,10 +96,15 @@ def adopt_library_loggers() -> None:
     """Send diffusers' and transformers' records to the root handler, not to their own.
 
     Only libraries already imported are changed (importing them here would cost seconds to every
-    command); the engine calls this again once it has imported them.
+    command); the engine calls this again once it has imported them, before the imports that log.
     """
     for library in _LIBRARIES:
+        if library not in sys.modules:
+            continue
         library_logging = sys.modules.get(f"{library}.utils.logging")
-        if library_logging is not None:
+        if library_logging is not None:  # diffusers, transformers: their own switches, so they stay off
             library_logging.disable_default_handler()
             library_logging.enable_propagation()
+        logger = logging.getLogger(library)
+        logger.handlers.clear()
+        logger.propagate = True

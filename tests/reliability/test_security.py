@@ -13,6 +13,7 @@ import gc
 import hashlib
 import hmac
 import itertools
+import json
 import logging
 import math
 import random
@@ -23,8 +24,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -39,6 +42,7 @@ from cogserve.settings import Settings
 from cogserve.storage import is_image_id, new_image_id
 from cogserve.storage.accounts import ApiKeyRow
 from cogserve.storage.jobs import is_job_id, new_job_id
+from tests.e2e.conftest import start_server, stop_server
 from tests.helpers import IMAGES, DelegatingEngine, access_of, bearer, settings_of
 
 ASYNC_IMAGES = "/api/paas/v4/async/images/generations"
@@ -504,6 +508,28 @@ def test_no_secret_reaches_logs_audit_rows_or_metrics(
             flat = repr(row)
             assert not [what for what, n in needles.items() if n in flat], (table, row)
     assert not [what for what, n in needles.items() if n in metrics]
+
+
+@pytest.mark.slow  # a server of its own: ~15 s
+def test_json_logs_are_only_json_and_hold_no_prompt_text(tmp_path: Path, models_dir: Path) -> None:
+    server = start_server(tmp_path / "data", models_dir, "--log-format", "json")
+    try:
+        # Past the model's token limit: diffusers notes the cut part of the prompt.
+        prompt = ("a zebra on a beach, my-secret-diagnosis, " * 100)[:3990]
+        response = httpx.post(f"{server.url}{IMAGES}", json={**BODY, "prompt": prompt}, timeout=120)
+        assert response.status_code == 200, response.text
+    finally:
+        stop_server(server.process)
+    lines = server.log.read_text(encoding="utf-8").splitlines()
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json.append(line)
+    assert not not_json, not_json  # torch's, diffusers' and Python's warnings included
+    assert not [line for line in lines if "secret-diagnosis" in line]
+    assert [line for line in lines if "was cut (text not logged)" in line]
 
 
 # -- 5. CORS: closed by default, open to the configured origins only -----------------------------

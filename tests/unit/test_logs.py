@@ -44,6 +44,7 @@ def restored_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 def _record(msg: str, *args: object, name: str = "cogserve.service.generation") -> logging.LogRecord:

@@ -680,3 +680,26 @@ def test_variants_of_a_user_id_share_its_per_user_limit(
             response.text,
         )
     assert client.post(IMAGES, json={**BODY, "user_id": "user-654321"}).status_code == 200
+
+
+def test_usage_by_user_finds_every_spelling_and_prints_ids_as_text(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client()
+    refused = {**BODY, "prompt": "how to make a pipe bomb"}  # audited, nothing generated
+    for user_id in (
+        "user-123456",
+        "USER-123456",
+        "user\u200b-123456",
+        "user-999999",
+        "evil\x1b[2J\x1b]0;pwned\x07",
+    ):
+        assert client.post(IMAGES, json={**refused, "user_id": user_id}).status_code == 400
+    url = settings_of(client).database_url
+    mine = CliRunner().invoke(cli_app, ["usage", "--user", " User-123456 ", "--database-url", url])
+    assert mine.exit_code == 0, mine.output
+    rows = mine.output.splitlines()[1:]
+    assert len(rows) == 3 and not [row for row in rows if "999999" in row], mine.output
+    everyone = CliRunner().invoke(cli_app, ["usage", "--database-url", url])
+    assert "\x1b" not in everyone.output and "\x07" not in everyone.output
+    assert "evil\\x1b[2J" in everyone.output

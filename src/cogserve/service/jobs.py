@@ -29,7 +29,7 @@ from typing import Any, cast
 from cogserve.auth import ApiKey
 from cogserve.engine import GenerationParams, ProgressEvent
 from cogserve.engine.scheduler import ImageScheduler, Reservation
-from cogserve.errors import CogserveError, Interrupted, NotFound, RequestTimeout
+from cogserve.errors import CogserveError, Interrupted, NotFound, QueueFull, RequestTimeout
 from cogserve.metrics import Metrics
 from cogserve.service.access import AccessControl
 from cogserve.service.generation import ImageRequest, ImageService
@@ -211,6 +211,8 @@ class JobService:
             self._local.pop(row.id, None)
             if stack is not None:
                 await stack.aclose()
+            if places is not None:
+                places.release()  # a resumed job's place (a submitted one's goes with its stack)
             if outcome is not None:
                 await self._record(row, outcome)
 
@@ -295,12 +297,22 @@ class JobService:
             return
         rows = await asyncio.to_thread(self._store.claim_lapsed, self.worker, self._jobs.lease_s, room)
         for row in rows:
-            if row.attempts > self._jobs.max_attempts:
-                message = f"the server stopped {row.attempts - 1} times while this job ran; not retried again"
-                await self._record(row, JobOutcome(status="fail", error_code="1230", error_message=message))
-                continue
-            log.info("resuming job %s (run %d of at most %d)", row.id, row.attempts, self._jobs.max_attempts)
-            self._start(row, None)
+            await self._resume(row)
+
+    async def _resume(self, row: JobRow) -> None:
+        """Run a claimed job again, holding a queue place if one is free, or fail it if it has run
+        too often. (Places are not reserved before claiming: that would refuse new submissions
+        while the claim runs.)"""
+        if row.attempts > self._jobs.max_attempts:
+            message = f"the server stopped {row.attempts - 1} times while this job ran; not retried again"
+            await self._record(row, JobOutcome(status="fail", error_code="1230", error_message=message))
+            return
+        log.info("resuming job %s (run %d of at most %d)", row.id, row.attempts, self._jobs.max_attempts)
+        try:
+            place: Reservation | None = self._scheduler.reserve(1)
+        except QueueFull:
+            place = None  # it asks the queue for room when it gets there
+        self._start(row, None, place)
 
     async def stop(self) -> None:
         """Hand this process's unfinished jobs back for the next process; stop the webhooks."""

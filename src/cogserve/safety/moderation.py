@@ -73,10 +73,10 @@ _DROPPED = frozenset({"Cf", "Mn", "Me"})  # zero-width and format characters, co
 # wide characters (the prolonged-sound mark): dropped like format characters.
 _INVISIBLE = frozenset("\u115f\u1160\uffa0\u30fc")
 # Cyrillic and Greek letters that look like Latin ones (lower case: matching is after casefold),
-# from Unicode's confusables data: a word spelled with them reads as the Latin word it imitates.
+# hand-picked, mostly from Unicode's confusables data: a word spelled with them reads as the Latin word.
 _CONFUSABLES = str.maketrans(
-    "аеорсуххіјѕԁһӏԛԝкмтвпьαοερτυχικνβ",
-    "aeopcyxxijsdhlqwkmtbnbaoeptuxikvb",
+    "аеорсухіјѕԁһӏԛԝкмтвпьαοερτυχικνβ",
+    "aeopcyxijsdhlqwkmtbnbaoeptuxikvb",
 )
 # Latin letters and digits this short between two wide characters are stray: separators there.
 _STRAY = re.compile(

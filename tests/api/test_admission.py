@@ -107,3 +107,36 @@ def test_every_warmup_bucket_runs_before_ready(
     engine.gate.set()
     wait_ready(client.app)  # type: ignore[arg-type]
     assert client.get("/readyz").status_code == 200
+
+
+ASYNC = "/api/paas/v4/async/images/generations"
+
+
+def _job_status(client: TestClient, job_id: str) -> dict[str, Any]:
+    for _ in range(6000):
+        body: dict[str, Any] = client.get(f"/api/paas/v4/async-result/{job_id}").json()
+        if body["task_status"] != "PROCESSING":
+            return body
+        threading.Event().wait(0.01)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def test_concurrent_async_submits_past_the_queue_are_429_at_submit_not_failed_jobs(
+    make_client: Callable[..., TestClient], make_settings: Callable[..., Any], shared_engine: Engine
+) -> None:
+    engine = GatedEngine(shared_engine)
+    client = make_client(make_settings(scheduler={"max_queue": 2, "max_batch_size": 1}), engine=engine)
+    engine.gate.clear()
+    body = {"model": "cogview-4", "prompt": "a paper boat", "size": "512x512"}
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: client.post(ASYNC, json=body), range(20)))
+        sync = list(pool.map(lambda _: generate(client), range(4)))  # the queue is full for these too
+    accepted = [answer.json()["id"] for answer in answers if answer.status_code == 200]
+    refused = [answer for answer in answers if answer.status_code != 200]
+    # Two places in the queue, and at most one image taken out of it to run.
+    assert 2 <= len(accepted) <= 3, [answer.text for answer in answers]
+    assert {(answer.status_code, answer.json()["error"]["code"]) for answer in refused} == {(429, "1305")}
+    assert {(answer.status_code, answer.json()["error"]["code"]) for answer in sync} == {(429, "1305")}
+    engine.gate.set()
+    assert [_job_status(client, job_id)["task_status"] for job_id in accepted] == ["SUCCESS"] * len(accepted)
+    assert generate(client).status_code == 200  # every place was given back

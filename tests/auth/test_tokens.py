@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
@@ -231,4 +233,50 @@ DEEPLY_NESTED = base64.urlsafe_b64encode(b"[" * 2000).decode()
 )
 def test_garbage_tokens_are_1002_not_500(verifier: TokenVerifier, token: str) -> None:
     with pytest.raises(AuthInvalid):
+        verifier.verify(f"Bearer {token}")
+
+
+def signed_raw_token(full_key: str, payload_json: str) -> str:
+    """A correctly signed HS256 token over ``payload_json`` as written (NaN, huge integers included)."""
+    key_id, secret = full_key.split(".")
+    header = _segment({"alg": "HS256", "sign_type": "SIGN"})
+    payload = base64.urlsafe_b64encode(payload_json.replace("KEY", key_id).encode()).decode().rstrip("=")
+    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{base64.urlsafe_b64encode(signature).decode().rstrip('=')}"
+
+
+BAD_NUMBERS = ["NaN", "Infinity", "-Infinity", "1e400", "9" * 401, "-1", "-" + "9" * 401, str(2**53 + 1)]
+
+
+@pytest.mark.parametrize("claim", ["exp", "timestamp", "iat", "nbf"])
+@pytest.mark.parametrize("number", BAD_NUMBERS)
+def test_signed_tokens_with_non_finite_or_huge_numeric_claims_are_1002(
+    keys: ApiKeys, verifier: TokenVerifier, claim: str, number: str
+) -> None:
+    _, full = keys.create()
+    good = {"exp": int(now_ms() + 60_000), "timestamp": int(now_ms()), "iat": int(now_ms()), "nbf": 0}
+    fields = [f'"{name}": {number if name == claim else value}' for name, value in good.items()]
+    token = signed_raw_token(full, '{"api_key": "KEY", ' + ", ".join(fields) + "}")
+    with pytest.raises(AuthInvalid) as refused:
+        verifier.verify(f"Bearer {token}")
+    assert error_response(refused.value).status_code == 401
+    assert refused.value.code == "1002"
+
+
+def test_a_token_with_every_numeric_claim_in_range_is_accepted(
+    keys: ApiKeys, verifier: TokenVerifier
+) -> None:
+    key, full = keys.create()
+    exp, now = int(now_ms() + 60_000), int(now_ms())
+    token = signed_raw_token(
+        full, f'{{"api_key": "KEY", "exp": {exp}, "timestamp": {now}, "iat": {now}, "nbf": {now}}}'
+    )
+    assert verifier.verify(f"Bearer {token}").id == key.id
+
+
+def test_a_token_not_valid_before_a_future_nbf_is_refused(keys: ApiKeys, verifier: TokenVerifier) -> None:
+    _, full = keys.create()
+    exp, later = int(now_ms() + 600_000), int(now_ms() + 300_000)
+    token = signed_raw_token(full, f'{{"api_key": "KEY", "exp": {exp}, "nbf": {later}}}')
+    with pytest.raises(AuthInvalid, match="nbf"):
         verifier.verify(f"Bearer {token}")

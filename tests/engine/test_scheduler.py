@@ -334,3 +334,21 @@ def test_pipeline_error_in_a_batch_fails_only_the_image_that_raises(own_engine: 
     assert isinstance(mate, GenerationOutput) and mate.image.size == (512, 512)
     assert recorder.calls[:3] == [["bad", "mate"], ["bad"], ["mate"]]
     assert isinstance(other, GenerationOutput) and other.image.size == (768, 512)
+
+
+def test_reserved_places_count_against_the_queue_until_used_or_released(recorder: Recorder) -> None:
+    async def body(scheduler: Scheduler) -> None:
+        places = scheduler.reserve(2)  # admitted requests still being moderated
+        with pytest.raises(QueueFull):
+            scheduler.reserve(1)
+        with pytest.raises(QueueFull):
+            await scheduler.submit(WIDE, "no-place")
+        output = await scheduler.submit(WIDE, "with-place", reservation=places)  # uses one of its own
+        assert output.image is not None and places.held == 1
+        with pytest.raises(QueueFull):
+            scheduler.reserve(2)
+        places.release()
+        places.release()  # idempotent
+        scheduler.reserve(2).release()
+
+    run(SchedulerSettings(max_queue=2, max_batch_size=1), recorder, body)

@@ -7,10 +7,13 @@ fails here, by name) without anyone remembering to add it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gc
+import hashlib
 import hmac
 import itertools
+import json
 import logging
 import math
 import random
@@ -21,8 +24,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 from fastapi.testclient import TestClient
@@ -37,6 +42,7 @@ from cogserve.settings import Settings
 from cogserve.storage import is_image_id, new_image_id
 from cogserve.storage.accounts import ApiKeyRow
 from cogserve.storage.jobs import is_job_id, new_job_id
+from tests.e2e.conftest import start_server, stop_server
 from tests.helpers import IMAGES, DelegatingEngine, access_of, bearer, settings_of
 
 ASYNC_IMAGES = "/api/paas/v4/async/images/generations"
@@ -421,6 +427,28 @@ def test_unknown_image_and_job_ids_are_not_found(make_client: Callable[..., Test
     assert response.status_code == 404
 
 
+def _signed_raw(full_key: str, payload_json: str) -> str:
+    """A correctly signed token over ``payload_json`` as written: JSON's encoders cannot write NaN."""
+    key_id, secret = full_key.split(".")
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","sign_type":"SIGN"}').decode().rstrip("=")
+    payload = base64.urlsafe_b64encode(payload_json.replace("KEY", key_id).encode()).decode().rstrip("=")
+    signature = hmac.new(secret.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{base64.urlsafe_b64encode(signature).decode().rstrip('=')}"
+
+
+def test_signed_tokens_with_nan_or_huge_exp_are_401_not_accepted_or_500(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client()
+    _, full = access_of(client).keys.create("numbers")
+    for exp in ("NaN", "Infinity", "1e400", "9" * 401, "-" + "9" * 401):
+        token = _signed_raw(full, f'{{"api_key": "KEY", "exp": {exp}, "timestamp": 1700000000000}}')
+        response = client.post(IMAGES, json=BODY, headers=bearer(token))
+        assert (response.status_code, response.json()["error"]["code"]) == (401, "1002"), (exp, response.text)
+        response = client.post("/v1/images/generations", json=BODY, headers=bearer(token))
+        assert response.status_code == 401, (exp, response.text)
+
+
 # -- 4. no secret in logs, audit rows or metrics -------------------------------------------------
 
 
@@ -480,6 +508,28 @@ def test_no_secret_reaches_logs_audit_rows_or_metrics(
             flat = repr(row)
             assert not [what for what, n in needles.items() if n in flat], (table, row)
     assert not [what for what, n in needles.items() if n in metrics]
+
+
+@pytest.mark.slow  # a server of its own: ~15 s
+def test_json_logs_are_only_json_and_hold_no_prompt_text(tmp_path: Path, models_dir: Path) -> None:
+    server = start_server(tmp_path / "data", models_dir, "--log-format", "json")
+    try:
+        # Past the model's token limit: diffusers notes the cut part of the prompt.
+        prompt = ("a zebra on a beach, my-secret-diagnosis, " * 100)[:3990]
+        response = httpx.post(f"{server.url}{IMAGES}", json={**BODY, "prompt": prompt}, timeout=120)
+        assert response.status_code == 200, response.text
+    finally:
+        stop_server(server.process)
+    lines = server.log.read_text(encoding="utf-8").splitlines()
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json.append(line)
+    assert not not_json, not_json  # torch's, diffusers' and Python's warnings included
+    assert not [line for line in lines if "secret-diagnosis" in line]
+    assert [line for line in lines if "was cut (text not logged)" in line]
 
 
 # -- 5. CORS: closed by default, open to the configured origins only -----------------------------
@@ -582,3 +632,74 @@ def test_image_files_are_served_with_nosniff(client: TestClient) -> None:
     image = client.get(response.json()["data"][0]["url"].split("testserver", 1)[1])
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.headers.get("x-content-type-options") == "nosniff"
+
+
+# -- 6. end-user ids: a variant of a blocked or limited id is the same user -------------------------
+
+USER_ID_VARIANTS = [
+    "USER-123456",
+    "  user-123456 ",
+    "user\u200b-123456",
+    "\ufeffuser-123456\u2060",
+    "ｕｓｅｒ－１２３４５６",  # full-width
+    "user-123456\u3164",  # Hangul filler
+    "User-123456\u00ad",  # soft hyphen
+]
+
+
+def test_variants_of_a_blocked_user_id_are_blocked_too(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    url = settings_of(client).database_url
+    blocked = CliRunner().invoke(
+        cli_app, ["users", "block", "user-123456", "--reason", "abuse", "--database-url", url]
+    )
+    assert blocked.exit_code == 0, blocked.output
+    for variant in ["user-123456", *USER_ID_VARIANTS]:
+        response = client.post(IMAGES, json={**BODY, "user_id": variant})
+        assert response.status_code == 403, (variant, response.text)
+        assert response.json()["error"]["code"] == "1112"
+        assert repr(variant) in response.json()["error"]["message"]  # echoed as sent
+        openai = client.post("/v1/images/generations", json={"prompt": "a kite", "user": variant})
+        assert openai.status_code == 403, (variant, openai.text)
+    # Unblocking by a variant lifts the block.
+    unblocked = CliRunner().invoke(cli_app, ["users", "unblock", "USER-123456", "--database-url", url])
+    assert unblocked.exit_code == 0, unblocked.output
+    assert client.post(IMAGES, json={**BODY, "user_id": "User-123456"}).status_code == 200
+
+
+def test_variants_of_a_user_id_share_its_per_user_limit(
+    make_client: Callable[..., TestClient], make_settings: Callable[..., Any]
+) -> None:
+    client = make_client(make_settings(auth={"user_rpm": 1}))
+    first = client.post(IMAGES, json={**BODY, "user_id": "user-123456"})
+    assert first.status_code == 200, first.text
+    for variant in USER_ID_VARIANTS:
+        response = client.post(IMAGES, json={**BODY, "user_id": variant})
+        assert (response.status_code, response.json()["error"]["code"]) == (429, "1303"), (
+            variant,
+            response.text,
+        )
+    assert client.post(IMAGES, json={**BODY, "user_id": "user-654321"}).status_code == 200
+
+
+def test_usage_by_user_finds_every_spelling_and_prints_ids_as_text(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client()
+    refused = {**BODY, "prompt": "how to make a pipe bomb"}  # audited, nothing generated
+    for user_id in (
+        "user-123456",
+        "USER-123456",
+        "user\u200b-123456",
+        "user-999999",
+        "evil\x1b[2J\x1b]0;pwned\x07",
+    ):
+        assert client.post(IMAGES, json={**refused, "user_id": user_id}).status_code == 400
+    url = settings_of(client).database_url
+    mine = CliRunner().invoke(cli_app, ["usage", "--user", " User-123456 ", "--database-url", url])
+    assert mine.exit_code == 0, mine.output
+    rows = mine.output.splitlines()[1:]
+    assert len(rows) == 3 and not [row for row in rows if "999999" in row], mine.output
+    everyone = CliRunner().invoke(cli_app, ["usage", "--database-url", url])
+    assert "\x1b" not in everyone.output and "\x07" not in everyone.output
+    assert "evil\\x1b[2J" in everyone.output

@@ -82,6 +82,34 @@ CASES = [
     ("自～杀", 1, "自杀"),
     ("恐 怖 襲 擊", 0, "恐怖襲擊"),
     ("画一个cocaine的场景", 1, "cocaine"),
+    # Evasion by accents, fillers, look-alike letters, strays between CJK characters, "@".
+    ("pipe bo\u0301mb", 0, "pipe bomb"),  # combining accent
+    ("pipe bómb", 0, "pipe bomb"),  # precomposed
+    ("cöcäïne", 1, "cocaine"),
+    ("co\u3164caine", 1, "cocaine"),  # Hangul filler
+    ("co\uffa0caine", 1, "cocaine"),  # half-width Hangul filler
+    ("c\u043ec\u0430ine", 1, "cocaine"),  # Cyrillic о and а
+    ("h\u0435nt\u0430i", 1, "hentai"),  # Cyrillic е and а
+    ("coc\u03b1ine", 1, "cocaine"),  # Greek alpha
+    ("炸x弹", 2, "炸弹"),  # a Latin letter inside a CJK term
+    ("炸1弹", 2, "炸弹"),  # a digit
+    ("儿童ab色情", 0, "儿童色情"),
+    ("炸ｰ弹", 2, "炸弹"),  # half-width prolonged-sound mark
+    ("自ー杀", 1, "自杀"),
+    ("c@caine", 1, "cocaine"),
+    ("pipe b@mb", 0, "pipe bomb"),
+    # Accents, other scripts and Latin inside Chinese that must stay clean.
+    ("a café on a résumé, naïve art", 3, None),
+    ("Ångström units on a blackboard", 3, None),
+    ("señor piñata at a fiesta", 3, None),
+    ("我的iPhone很好看", 3, None),
+    ("用3D打印一只猫", 3, None),
+    ("一个AI机器人在画画", 3, None),
+    ("がんばれ、ポケモン！コーヒー", 3, None),
+    ("안녕하세요 고양이", 3, None),
+    ("Привет мир, кошка на окне", 3, None),
+    ("Καλημέρα, ένας γάτος", 3, None),
+    ("email bob@example.com about the cat", 3, None),
 ]
 
 

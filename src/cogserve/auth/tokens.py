@@ -33,6 +33,11 @@ _MAX_TOKEN_CHARS = 4096
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # An exp below this (year 1973 in ms) is a token written with seconds, the JWT default.
 _MIN_EXP_MS = 10**11
+# Numeric claims a token may carry. Each must be a finite number in [0, 2**53] (JSON's exact integers):
+# NaN makes every comparison false (a token that never expires) and a 400-digit integer overflows
+# float arithmetic (a 500 rather than a 401).
+_NUMERIC_CLAIMS = ("exp", "timestamp", "iat", "nbf")
+_MAX_CLAIM = 2**53
 
 
 class TokenVerifier:
@@ -81,15 +86,20 @@ class TokenVerifier:
         if header.get("alg") != "HS256":
             raise AuthInvalid("invalid token: only HS256 tokens are accepted")
         payload = _json_segment(payload_b64, "payload")
-        key_id, exp = payload.get("api_key"), payload.get("exp")
+        key_id = payload.get("api_key")
         if not isinstance(key_id, str):
             raise AuthInvalid("invalid token: the payload has no api_key")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+        if "exp" not in payload:
             raise AuthInvalid("invalid token: the payload has no numeric exp")
+        claims = _numeric_claims(payload)
+        exp = claims["exp"]
 
         key, secret = self._lookup(key_id)
         with _claiming(key.id):
-            return self._check_jwt(key, secret, header_b64, payload_b64, signature_b64, exp)
+            key = self._check_jwt(key, secret, header_b64, payload_b64, signature_b64, exp)
+            if "nbf" in claims and claims["nbf"] > self._clock() * 1000 + self._leeway_ms:
+                raise AuthInvalid("invalid token: not valid yet (nbf is in the future)")
+            return key
 
     def _check_jwt(
         self, key: ApiKey, secret: bytes, header_b64: str, payload_b64: str, signature_b64: str, exp: float
@@ -142,9 +152,29 @@ def _b64url(segment: str, what: str) -> bytes:
         raise AuthInvalid(f"invalid token: the {what} is not base64url") from None
 
 
+def _numeric_claims(payload: dict[str, Any]) -> dict[str, float]:
+    """The numeric claims present in ``payload``, each checked finite and in range, or ``AuthInvalid``."""
+    claims: dict[str, float] = {}
+    for name in _NUMERIC_CLAIMS:
+        if name not in payload:
+            continue
+        value = payload[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AuthInvalid(f"invalid token: {name} must be a number")
+        if not (0 <= value <= _MAX_CLAIM):  # NaN fails this too; inf and huge ints are out of range
+            raise AuthInvalid(f"invalid token: {name} is not a number in range")
+        claims[name] = value
+    return claims
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_segment(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64url(segment, what))
+        # Python's json accepts NaN and Infinity, which JSON does not.
+        value = json.loads(_b64url(segment, what), parse_constant=_refuse_constant)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         raise AuthInvalid(f"invalid token: the {what} is not JSON") from None
     if not isinstance(value, dict):

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from cogserve.auth.user_ids import match_key
 from cogserve.errors import ConcurrencyLimited, LimitExceeded, RateLimited
 
 WINDOW_S = 60.0
@@ -68,7 +69,8 @@ def subjects(key_id: str | None, key_limits: Limits, user_id: str | None, user_l
     if key_id is not None:
         claims.append(Claim(("key", key_id), f"API key {key_id}", key_limits))
     if user_id is not None:
-        claims.append(Claim(("user", key_id or "", user_id), f"user_id {user_id!r}", user_limits))
+        subject = ("user", key_id or "", match_key(user_id))
+        claims.append(Claim(subject, f"user_id {user_id!r}", user_limits))
     return claims
 
 

@@ -124,9 +124,13 @@ def users_block(
     database_url: DatabaseUrl = None,
     create: Create = False,
 ) -> None:
-    """Refuse every request carrying this user_id (403/1112), whichever key sends it."""
+    """Refuse every request carrying this user_id (403/1112), whichever key sends it.
+
+    Matched as requests are: case, width, surrounding spaces and invisible characters aside."""
+    from cogserve.auth.user_ids import match_key
+
     with _accounts(data_dir, database_url, create) as (_, store):
-        store.block_user(user_id, reason)
+        store.block_user(match_key(user_id), reason)
     typer.echo(f"blocked {user_id}")
 
 
@@ -137,8 +141,11 @@ def users_unblock(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Let this user_id through again."""
+    from cogserve.auth.user_ids import match_key
+
     with _accounts(data_dir, database_url) as (_, store):
-        unblocked = store.unblock_user(user_id)
+        # The match key, and the id as typed for a block written before ids were matched so.
+        unblocked = store.unblock_user(match_key(user_id)) | store.unblock_user(user_id)
     if not unblocked:
         fail(f"{user_id} was not blocked")  # bad input: exit 2
     typer.echo(f"unblocked {user_id}")
@@ -149,11 +156,16 @@ def usage(
         str | None, typer.Option(help="ISO date or time (UTC), e.g. 2026-11-01 or 2026-11-25T08:00")
     ] = None,
     key: Annotated[str | None, typer.Option(help="Only this key id")] = None,
-    user: Annotated[str | None, typer.Option(help="Only this user_id")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="Only this user_id (matched as blocks are: case, width, spaces aside)")
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Requests per key and user, by outcome, from the audit log."""
+    from cogserve.auth.user_ids import match_key
+    from cogserve.logs import escape_controls
+
     start = None
     if since is not None:
         try:
@@ -162,14 +174,19 @@ def usage(
             fail(f"--since {since!r} is not an ISO date or time")
         start = (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
     with _accounts(data_dir, database_url) as (_, store):
-        rows = store.usage(since=start, key_id=key, user_id=user)
+        rows = store.usage(since=start, key_id=key)
+    if user is not None:
+        # The audit keeps ids as sent; every spelling of this user is theirs.
+        rows = [row for row in rows if row.user_id is not None and match_key(row.user_id) == match_key(user)]
     typer.echo(
         f"{'key':<24}  {'user_id':<20}  {'requests':>8}  {'ok':>6}  {'flagged':>7}  {'limited':>7}  "
         f"{'blocked':>7}  {'auth':>6}  {'errors':>6}  last"
     )
     for row in rows:
         typer.echo(
-            f"{row.key_id or '(open)':<24}  {(row.user_id or '-')[:20]:<20}  {row.requests:>8}  {row.ok:>6}  "
+            # A client's id may hold terminal escapes: print them as text.
+            f"{row.key_id or '(open)':<24}  {escape_controls(row.user_id or '-')[:20]:<20}  "
+            f"{row.requests:>8}  {row.ok:>6}  "
             f"{row.blocked_by_moderation:>7}  {row.rate_limited:>7}  {row.blocked_user:>7}  "
             f"{row.auth_failed:>6}  {row.errors:>6}  {_when(row.last_at)}"
         )

@@ -16,6 +16,7 @@ from cogserve.engine.builtin import (
 )
 from cogserve.engine.modes import check_modes, place_and_apply, quantization_config
 from cogserve.errors import ConfigError
+from cogserve.logs import adopt_library_loggers
 from cogserve.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,16 @@ def preflight(settings: ModelSettings) -> None:
         _locate_given(settings.path, settings.allow_download)
 
 
-def _quiet_progress_bars() -> None:
-    # Loading bars from diffusers/transformers would interleave with the server's log lines.
+def _quiet_libraries() -> None:
+    # Loading bars from diffusers/transformers would interleave with the server's log lines, and
+    # their own log handlers (and torch's) would bypass cogserve's formatter. Called before the
+    # pipeline's modules are imported: some of them log as they are imported.
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    adopt_library_loggers()
 
 
 #: A model folder may carry this file with how cogserve should serve it, e.g. ``{"native_pixels":
@@ -144,9 +148,9 @@ def load_pipeline(
     settings: ModelSettings, models_dir: Path, device: str
 ) -> tuple[Any, str | None, int | None]:
     """The pipeline, the built-in model's name (None for a given model) and its native pixels."""
+    _quiet_libraries()
     from diffusers import CogView4Pipeline
 
-    _quiet_progress_bars()
     source, builtin = locate_model(settings, models_dir)
     if builtin == BUILTIN_NAME:
         log.warning(BUILTIN_WARNING)

@@ -1,6 +1,9 @@
 """The batching scheduler between the service and the engine.
 
-- Admission is bounded: more than ``max_queue`` waiting requests -> ``QueueFull`` at once.
+- Admission is bounded: more than ``max_queue`` waiting requests -> ``QueueFull`` at once. A
+  request admitted before it is queued (moderation first; an async job's task) holds its place
+  with ``reserve``, taken in the same step as the check, so concurrent admissions cannot all pass
+  the check and then overfill the queue.
 - The oldest waiting request always goes next (no batch key starves); requests sharing its
   ``batch_key`` ride along, up to ``max_batch_size``, each with its own seed.
 - A request waits up to ``max_batch_wait_ms`` for company, but only while other requests are in
@@ -84,6 +87,27 @@ class _Counters:
     batched_images: int = 0
 
 
+class Reservation:
+    """Places held in a scheduler's queue (``reserve``): each ``submit`` given it takes one; what
+    is left is given back by ``release`` (idempotent)."""
+
+    def __init__(self, count: int, give_back: Callable[[int], None]) -> None:
+        self.held = count
+        self._give_back = give_back
+
+    def take(self) -> bool:
+        """Turn one held place into a queue entry; False if none is left."""
+        if self.held == 0:
+            return False
+        self.release(1)
+        return True
+
+    def release(self, count: int | None = None) -> None:
+        count = self.held if count is None else count
+        self.held -= count
+        self._give_back(count)
+
+
 class ImageScheduler(Protocol):
     """What the service needs of a scheduler: this module's ``Scheduler`` in one process, or
     ``cogserve.scaleout.remote.RemoteScheduler`` in front of model replicas on Ray."""
@@ -102,9 +126,10 @@ class ImageScheduler(Protocol):
         on_progress: ProgressListener | None = None,
         *,
         timeout_s: float | None = None,
+        reservation: Reservation | None = None,
     ) -> GenerationOutput: ...
 
-    def check_capacity(self) -> None: ...
+    def reserve(self, count: int) -> Reservation: ...
 
     def queue_position(self, request_id: str) -> int | None: ...
 
@@ -127,6 +152,7 @@ class Scheduler:
         self._settings = settings
         self._max_batch = batch_size_for(settings, device)
         self._queue: list[_Request] = []
+        self._reserved = 0  # places held by admitted requests not yet queued
         self._running: list[_Request] = []
         self._wakeup = asyncio.Event()
         self._listeners: list[ProgressListener] = []
@@ -178,15 +204,18 @@ class Scheduler:
         on_progress: ProgressListener | None = None,
         *,
         timeout_s: float | None = None,
+        reservation: Reservation | None = None,
     ) -> GenerationOutput:
         """Queue one image and wait for it; raises QueueFull, RequestTimeout or the engine's error.
 
-        ``timeout_s`` overrides ``request_timeout_s`` (async jobs have their own). Cancelling the
+        ``timeout_s`` overrides ``request_timeout_s`` (async jobs have their own); a place from
+        ``reservation`` is used if one is left, else the queue must have room. Cancelling the
         awaiting task (a client that left) cancels the work too.
         """
         if self._task is None:
             raise ServiceUnavailable("the scheduler is not running")
-        self.check_capacity()
+        if reservation is None or not reservation.take():
+            self._check_room(1)
         now = time.monotonic()
         timeout = timeout_s if timeout_s is not None else self._settings.request_timeout_s
         request = _Request(
@@ -212,9 +241,17 @@ class Scheduler:
             self._cancel(request)
             raise
 
-    def check_capacity(self) -> None:
-        """Raise QueueFull if one more request would not fit (async submissions check up front)."""
-        if len(self._queue) >= self._settings.max_queue:
+    def reserve(self, count: int) -> Reservation:
+        """Hold ``count`` places in the queue, or raise QueueFull; checked and taken in one step."""
+        self._check_room(count)
+        self._reserved += count
+        return Reservation(count, self._unreserve)
+
+    def _unreserve(self, count: int) -> None:
+        self._reserved -= count
+
+    def _check_room(self, count: int) -> None:
+        if len(self._queue) + self._reserved + count > self._settings.max_queue:
             raise QueueFull(
                 f"the queue is full ({self._settings.max_queue} requests waiting); retry shortly",
                 headers={"Retry-After": str(self._retry_after_s())},

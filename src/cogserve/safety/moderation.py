@@ -20,7 +20,11 @@ refused, so a typo ("term =") fails at start-up rather than silently matching no
 How terms match (each term is written once, in plain form):
 
 - Case and width are ignored (NFKC + casefold): ``ＢＯＭＢ`` and ``Bomb`` read as ``bomb``.
-  Zero-width characters and stray combining marks are dropped.
+  Zero-width characters and Hangul fillers are dropped; accents on narrow letters are folded
+  (NFKD, marks dropped: ``bómb`` reads ``bomb``); Cyrillic and Greek look-alikes read as the
+  Latin letters they imitate; ``@`` reads as ``a`` or ``o``.
+- Between wide characters, one or two Latin letters or digits and the prolonged-sound mark are
+  separators: ``炸x弹``, ``炸1弹`` and ``炸ｰ弹`` contain ``炸弹``.
 - A term with Chinese (or other wide) characters matches anywhere in the prompt, ignoring spaces,
   punctuation, symbols and emoji between its characters and repeated characters:
   ``炸 弹``, ``炸.弹``, ``炸💣弹`` and ``炸炸弹弹`` all contain ``炸弹``.
@@ -65,6 +69,19 @@ _BETWEEN_WORDS = f"[ {_SPELL}{_TIGHT}]?"
 _SUFFIX = f"(?:{_IN_WORD}(?:s|d|ed|ing))?"
 _LEET = str.maketrans("013457", "oieast")
 _DROPPED = frozenset({"Cf", "Mn", "Me"})  # zero-width and format characters, combining marks
+# Letters that show as nothing (Hangul fillers, after NFKC) or that only lengthen a sound between
+# wide characters (the prolonged-sound mark): dropped like format characters.
+_INVISIBLE = frozenset("\u115f\u1160\uffa0\u30fc")
+# Cyrillic and Greek letters that look like Latin ones (lower case: matching is after casefold),
+# hand-picked, mostly from Unicode's confusables data: a word spelled with them reads as the Latin word.
+_CONFUSABLES = str.maketrans(
+    "аеорсухіјѕԁһӏԛԝкмтвпьαοερτυχικνβ",
+    "aeopcyxijsdhlqwkmtbnbaoeptuxikvb",
+)
+# Latin letters and digits this short between two wide characters are stray: separators there.
+_STRAY = re.compile(
+    r"(?<=[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff])[a-z0-9]{1,2}(?=[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff])"
+)
 
 
 @dataclass(frozen=True)
@@ -109,11 +126,17 @@ class Policy:
 
     def check(self, prompt: str) -> ModerationResult:
         cleaned = _clean(prompt)
-        latin, skeleton = _latin_view(cleaned), _skeleton(cleaned)
+        # "@" stands for "a" or "o" (c@caine, b@mb): each reading is matched.
+        readings = [cleaned.replace("@", "a"), cleaned.replace("@", "o")] if "@" in cleaned else [cleaned]
+        latins, skeleton = [_latin_view(text) for text in readings], _skeleton(cleaned)
         hits = [
             m.hit
             for m in self._matchers
-            if (m.pattern.search(latin) if m.pattern is not None else m.skeleton in skeleton)
+            if (
+                any(m.pattern.search(latin) for latin in latins)
+                if m.pattern is not None
+                else m.skeleton in skeleton
+            )
         ]
         return ModerationResult(min((h.level for h in hits), default=CLEAN_LEVEL), hits)
 
@@ -223,8 +246,21 @@ def _word_pattern(word: str) -> str:
 
 
 def _clean(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(ch for ch in text if unicodedata.category(ch) not in _DROPPED)
+    """Case, width and accents folded, invisible characters dropped, look-alikes read as Latin.
+
+    Accents come off (NFKD, marks dropped) after a narrow letter only, so ``ó`` reads as ``o``
+    while a wide character keeps its marks (``が`` stays ``が``, not ``か``).
+    """
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+    kept: list[str] = []
+    for ch in text:
+        category = unicodedata.category(ch)
+        if category == "Cf" or ch in _INVISIBLE:
+            continue
+        if category in _DROPPED and not (kept and _is_wide(kept[-1])):
+            continue
+        kept.append(ch)
+    return unicodedata.normalize("NFC", "".join(kept)).translate(_CONFUSABLES)
 
 
 def _is_wide(ch: str) -> bool:
@@ -233,7 +269,8 @@ def _is_wide(ch: str) -> bool:
 
 def _skeleton(cleaned: str) -> str:
     """Letters and digits only, runs of one character collapsed: the view wide terms match in."""
-    return re.sub(r"(.)\1+", r"\1", "".join(ch for ch in cleaned if ch.isalnum()))
+    letters = _STRAY.sub("", "".join(ch for ch in cleaned if ch.isalnum()))
+    return re.sub(r"(.)\1+", r"\1", letters)
 
 
 def _latin_view(cleaned: str) -> str:

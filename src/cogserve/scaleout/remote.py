@@ -20,7 +20,7 @@ from PIL import Image
 
 from cogserve import errors
 from cogserve.engine import BatchItem, GenerationOutput, GenerationParams, ModelInfo, ProgressEvent
-from cogserve.engine.scheduler import BatchReport, ProgressListener, SchedulerStats
+from cogserve.engine.scheduler import BatchReport, ProgressListener, Reservation, SchedulerStats
 from cogserve.errors import CogserveError, GenerationFailed, QueueFull, ServiceUnavailable
 from cogserve.settings import Settings
 
@@ -41,6 +41,7 @@ class RemoteScheduler:
         # Place in the queue of the replica that holds the request, as that replica last reported it.
         self._positions: dict[str, int] = {}
         self._running: set[str] = set()
+        self._reserved = 0  # places held by admitted requests not yet sent
         self._done = 0
         self._replicas: dict[str, dict[str, int]] = {}
         self._on_batch = on_batch
@@ -61,8 +62,17 @@ class RemoteScheduler:
             replicas={name: dict(seen) for name, seen in self._replicas.items()},
         )
 
-    def check_capacity(self) -> None:
-        if len(self._waiting) + len(self._running) >= self._capacity:
+    def reserve(self, count: int) -> Reservation:
+        """Hold ``count`` places among those in flight, or raise QueueFull (one step, on the loop)."""
+        self._check_room(count)
+        self._reserved += count
+        return Reservation(count, self._unreserve)
+
+    def _unreserve(self, count: int) -> None:
+        self._reserved -= count
+
+    def _check_room(self, count: int) -> None:
+        if len(self._waiting) + len(self._running) + self._reserved + count > self._capacity:
             raise QueueFull(
                 f"all model replicas are full ({self._capacity} requests in flight); retry shortly",
                 headers={"Retry-After": "5"},
@@ -82,8 +92,10 @@ class RemoteScheduler:
         on_progress: ProgressListener | None = None,
         *,
         timeout_s: float | None = None,
+        reservation: Reservation | None = None,
     ) -> GenerationOutput:
-        self.check_capacity()
+        if reservation is None or not reservation.take():
+            self._check_room(1)
         deadline = time.monotonic() + (timeout_s if timeout_s is not None else self._timeout_s)
         self._waiting.add(request_id)
         try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cogserve.auth import ApiKey, ApiKeys, Limiter, Limits, SecretBox, TokenVerifier
 from cogserve.auth.crypto import load_or_create_server_key, parse_server_key
+from cogserve.auth.user_ids import match_key
 from cogserve.errors import (
     AuthError,
     CogserveError,
@@ -19,7 +20,7 @@ from cogserve.errors import (
     UserBlocked,
 )
 from cogserve.settings import Settings
-from cogserve.storage.accounts import AccountStore, AuditEntry, AuditOutcome
+from cogserve.storage.accounts import AccountStore, AuditEntry, AuditOutcome, BlockedUserRow
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class AccessControl:
     async def admitted(self, key: ApiKey | None, user_id: str | None) -> AsyncIterator[None]:
         """Hold this request's place within its key's and user's limits while it runs."""
         if user_id is not None:
-            block = await asyncio.to_thread(self._accounts.get_block, user_id)
+            block = await asyncio.to_thread(self._block_of, user_id)
             if block is not None:
                 reason = f": {block.reason}" if block.reason else ""
                 raise UserBlocked(f"user_id {user_id!r} is blocked by the operator{reason}")
@@ -84,6 +85,11 @@ class AccessControl:
         )
         async with lease:
             yield
+
+    def _block_of(self, user_id: str) -> BlockedUserRow | None:
+        # Blocks are stored by match key; a block written before ids were matched so is found by
+        # the id as it was typed.
+        return self._accounts.get_block(match_key(user_id)) or self._accounts.get_block(user_id)
 
     @asynccontextmanager
     async def audit(self, request_id: str, route: str) -> AsyncIterator[AuditNote]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from cogserve.auth import ApiKey
 from cogserve.engine import Engine, GenerationParams
 from cogserve.engine.prompt_tokens import check_prompt_tokens
-from cogserve.engine.scheduler import ImageScheduler, ProgressListener
+from cogserve.engine.scheduler import ImageScheduler, ProgressListener, Reservation
 from cogserve.errors import ContentBlocked, InvalidField, NotFound, ServiceUnavailable, StorageError
 from cogserve.metrics import Metrics
 from cogserve.safety import ImageChecker, Policy, Watermarker, create_image_checker, encode_png, load_policy
@@ -125,10 +125,12 @@ class ImageService:
         discarded, and nothing stays stored.
         """
         first = requests[0]
-        async with self.admission(first, key) as watermark:
+        async with self.admission(first, key, len(requests)) as (watermark, places):
             # The audit row has room for one image id: the first image's.
             tasks = [
-                asyncio.ensure_future(self.produce(request, watermark, note if i == 0 else AuditNote()))
+                asyncio.ensure_future(
+                    self.produce(request, watermark, note if i == 0 else AuditNote(), reservation=places)
+                )
                 for i, request in enumerate(requests)
             ]
             try:
@@ -142,16 +144,23 @@ class ImageService:
                 raise
 
     @asynccontextmanager
-    async def admission(self, request: ImageRequest, key: ApiKey | None) -> AsyncIterator[bool]:
+    async def admission(
+        self, request: ImageRequest, key: ApiKey | None, images: int = 1
+    ) -> AsyncIterator[tuple[bool, Reservation]]:
         """Refuse at once if the model is not ready, the prompt is longer than the model reads, the
-        watermark choice is not allowed, the user is blocked or a limit is reached; otherwise hold
-        the request's place within its key's and user's limits until the block ends. Yields whether
-        its images get watermarks."""
+        watermark choice is not allowed, the user is blocked, a limit is reached or the queue has no
+        room for ``images`` more; otherwise hold the request's place within its key's and user's
+        limits and in the queue until the block ends. Yields whether its images get watermarks, and
+        the queue places for ``produce``."""
         self.check_ready()
         await self.check_prompt_tokens(request.params.prompt)
         watermark = self._watermark_wanted(request, key)
         async with self._access.admitted(key, request.user_id):
-            yield watermark
+            places = self._scheduler.reserve(images)
+            try:
+                yield watermark, places
+            finally:
+                places.release()
 
     def check_ready(self) -> None:
         if not self.ready:
@@ -182,11 +191,13 @@ class ImageService:
         *,
         schedule_id: str | None = None,
         timeout_s: float | None = None,
+        reservation: Reservation | None = None,
     ) -> StoredImage:
         """Moderate, generate, mark and store one image of an admitted request (see ``admission``).
 
         ``schedule_id`` names the work in the scheduler (``Scheduler.queue_position``); it defaults
-        to the request id. ``timeout_s`` overrides the scheduler's request timeout.
+        to the request id. ``timeout_s`` overrides the scheduler's request timeout. ``reservation``:
+        the admission's queue places (a job resumed by another process has none, and needs room).
         """
         note = note or AuditNote()
         # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
@@ -203,7 +214,11 @@ class ImageService:
             raise ContentBlocked("input")
         created = time.time()
         output = await self._scheduler.submit(
-            request.params, schedule_id or request.request_id, on_progress, timeout_s=timeout_s
+            request.params,
+            schedule_id or request.request_id,
+            on_progress,
+            timeout_s=timeout_s,
+            reservation=reservation,
         )
         image_id = new_image_id()
         png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark)

@@ -28,8 +28,8 @@ from typing import Any, cast
 
 from cogserve.auth import ApiKey
 from cogserve.engine import GenerationParams, ProgressEvent
-from cogserve.engine.scheduler import ImageScheduler
-from cogserve.errors import CogserveError, Interrupted, NotFound, RequestTimeout
+from cogserve.engine.scheduler import ImageScheduler, Reservation
+from cogserve.errors import CogserveError, Interrupted, NotFound, QueueFull, RequestTimeout
 from cogserve.metrics import Metrics
 from cogserve.service.access import AccessControl
 from cogserve.service.generation import ImageRequest, ImageService
@@ -115,12 +115,13 @@ class JobService:
         self, job: ImageRequest, key: ApiKey | None, base_url: str, webhook_url: str | None = None
     ) -> JobRow:
         self._images.check_ready()
-        self._scheduler.check_capacity()
         if webhook_url is not None:
             check_webhook_url(webhook_url, self._jobs.webhook_allow)
-        # Held until the job ends (``_run`` closes the stack), like a sync request's admission.
+        # Held until the job ends (``_run`` closes the stack), like a sync request's admission:
+        # the limits and the queue place are taken now, so a full queue is a 429 here, not a
+        # failed job later.
         stack = AsyncExitStack()
-        watermark = await stack.enter_async_context(self._images.admission(job, key))
+        watermark, places = await stack.enter_async_context(self._images.admission(job, key))
         now = time.time()
         row = JobRow(
             id=new_job_id(),
@@ -143,7 +144,7 @@ class JobService:
         except BaseException:
             await stack.aclose()
             raise
-        self._start(row, stack)
+        self._start(row, stack, places)
         return row
 
     async def view(self, job_id: str, key: ApiKey | None, base_url: str) -> JobView:
@@ -165,12 +166,14 @@ class JobService:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _start(self, row: JobRow, stack: AsyncExitStack | None) -> None:
+    def _start(self, row: JobRow, stack: AsyncExitStack | None, places: Reservation | None = None) -> None:
         local = _Local(request_id=row.request_id)
         self._local[row.id] = local
-        local.task = asyncio.get_running_loop().create_task(self._run(row, local, stack))
+        local.task = asyncio.get_running_loop().create_task(self._run(row, local, stack, places))
 
-    async def _run(self, row: JobRow, local: _Local, stack: AsyncExitStack | None) -> None:
+    async def _run(
+        self, row: JobRow, local: _Local, stack: AsyncExitStack | None, places: Reservation | None
+    ) -> None:
         spec = json.loads(row.spec)
         job = _job_from(spec["job"])
         outcome: JobOutcome | None = None
@@ -187,6 +190,7 @@ class JobService:
                     local.on_progress,
                     schedule_id=row.id,
                     timeout_s=remaining,
+                    reservation=places,
                 )
             outcome = JobOutcome(
                 status="success",
@@ -207,6 +211,8 @@ class JobService:
             self._local.pop(row.id, None)
             if stack is not None:
                 await stack.aclose()
+            if places is not None:
+                places.release()  # a resumed job's place (a submitted one's goes with its stack)
             if outcome is not None:
                 await self._record(row, outcome)
 
@@ -291,12 +297,22 @@ class JobService:
             return
         rows = await asyncio.to_thread(self._store.claim_lapsed, self.worker, self._jobs.lease_s, room)
         for row in rows:
-            if row.attempts > self._jobs.max_attempts:
-                message = f"the server stopped {row.attempts - 1} times while this job ran; not retried again"
-                await self._record(row, JobOutcome(status="fail", error_code="1230", error_message=message))
-                continue
-            log.info("resuming job %s (run %d of at most %d)", row.id, row.attempts, self._jobs.max_attempts)
-            self._start(row, None)
+            await self._resume(row)
+
+    async def _resume(self, row: JobRow) -> None:
+        """Run a claimed job again, holding a queue place if one is free, or fail it if it has run
+        too often. (Places are not reserved before claiming: that would refuse new submissions
+        while the claim runs.)"""
+        if row.attempts > self._jobs.max_attempts:
+            message = f"the server stopped {row.attempts - 1} times while this job ran; not retried again"
+            await self._record(row, JobOutcome(status="fail", error_code="1230", error_message=message))
+            return
+        log.info("resuming job %s (run %d of at most %d)", row.id, row.attempts, self._jobs.max_attempts)
+        try:
+            place: Reservation | None = self._scheduler.reserve(1)
+        except QueueFull:
+            place = None  # it asks the queue for room when it gets there
+        self._start(row, None, place)
 
     async def stop(self) -> None:
         """Hand this process's unfinished jobs back for the next process; stop the webhooks."""

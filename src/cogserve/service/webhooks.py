@@ -5,6 +5,13 @@ into a private network starts. So a URL is accepted only if its host is on the o
 list (empty by default), redirects are never followed (a redirect could lead anywhere), and the
 URL may not carry credentials.
 
+A receiver cannot hold a delivery or the server's memory: its answer is read as a stream and
+dropped past ``MAX_ANSWER_BYTES`` (only the status matters), and each attempt has one deadline,
+``webhook_timeout_s``, for everything from connecting to the last byte read: httpx's own timeouts
+are per operation, so a receiver trickling a byte at a time would never trip them.
+
+URLs are logged by host only: a webhook URL often carries the receiver's token.
+
 Delivery is at least once: a process that dies after the receiver answered but before the answer
 was recorded leaves the delivery to another process, which sends it again. Receivers deduplicate on
 the ``X-Cogserve-Job-Id`` header.
@@ -26,6 +33,8 @@ from cogserve.settings import JobSettings
 log = logging.getLogger(__name__)
 
 MAX_URL_CHARS = 2048
+#: The most of a receiver's answer read before the rest is dropped.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
 def check_webhook_url(url: str, allow: list[str]) -> str:
@@ -68,24 +77,40 @@ async def deliver(
     """
     delay = settings.webhook_backoff_s * 2**made
     headers = {"X-Cogserve-Event": "job.finished", "X-Cogserve-Job-Id": job_id}
-    async with httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False) as client:
+    host = urlsplit(url).netloc.rpartition("@")[2]
+    timeout_s = settings.webhook_timeout_s
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
         for attempt in range(made + 1, settings.webhook_attempts + 1):
             try:
-                response = await client.post(url, json=payload, headers=headers)
+                async with asyncio.timeout(timeout_s):
+                    status = await _post(client, url, payload, headers)
+            except TimeoutError:
+                reason = f"no complete answer within {timeout_s:g} s"
             except httpx.HTTPError as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = type(exc).__name__
             else:
-                if response.is_success:
+                if 200 <= status < 300:
                     return "delivered", attempt
-                reason = f"HTTP {response.status_code}"
-                if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-                    log.warning("webhook of job %s refused by the receiver (%s)", job_id, reason)
+                reason = f"HTTP {status}"
+                if 400 <= status < 500 and status not in (408, 429):
+                    log.warning("webhook of job %s refused by the receiver %s (%s)", job_id, host, reason)
                     return "failed", attempt
-            log.info("webhook of job %s: attempt %d failed (%s)", job_id, attempt, reason)
+            log.info("webhook of job %s to %s: attempt %d failed (%s)", job_id, host, attempt, reason)
             if on_failure is not None:
                 await on_failure(attempt)
             if attempt < settings.webhook_attempts:
                 await asyncio.sleep(delay)
                 delay *= 2
-    log.warning("webhook of job %s given up after %d attempts", job_id, settings.webhook_attempts)
+    log.warning("webhook of job %s to %s given up after %d attempts", job_id, host, settings.webhook_attempts)
     return "failed", settings.webhook_attempts
+
+
+async def _post(client: httpx.AsyncClient, url: str, payload: dict[str, Any], headers: dict[str, str]) -> int:
+    """POST and read at most ``MAX_ANSWER_BYTES`` of the answer; its status."""
+    async with client.stream("POST", url, json=payload, headers=headers) as response:
+        read = 0
+        async for chunk in response.aiter_raw():
+            read += len(chunk)
+            if read >= MAX_ANSWER_BYTES:
+                break  # leaving the block closes the connection and drops the rest
+        return response.status_code

@@ -52,7 +52,8 @@ class Metrics:
         self.images = Counter("cogserve_images_generated", "Images generated and stored.", registry=r)
         self.blocks = Counter(
             "cogserve_moderation_blocks",
-            "Requests refused by moderation: stage=input (prompt) or output (image).",
+            "Requests refused by moderation: stage=input (prompt), rewrite (enhanced prompt) or "
+            "output (image).",
             ["stage"],
             registry=r,
         )

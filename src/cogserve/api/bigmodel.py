@@ -12,7 +12,15 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cogserve.api.dependencies import audited_call, context, image_items, image_request, unless_disconnected
+from cogserve.api.dependencies import (
+    audited_call,
+    context,
+    enhancement_headers,
+    image_items,
+    image_request,
+    unless_disconnected,
+    with_revised_prompts,
+)
 from cogserve.api.openapi import error_responses, json_body
 from cogserve.api.paths import FILES_PATH, IMAGES_PATH
 from cogserve.api.protocol import ContentFilterEntry, ImageGenerationRequest, ImageGenerationResponse
@@ -42,7 +50,8 @@ async def create_image(request: Request) -> JSONResponse:
         id=image.request_id,
         request_id=image.request_id,
     )
-    return JSONResponse(response.model_dump(exclude_none=True))
+    answer = with_revised_prompts(response.model_dump(exclude_none=True), [stored])
+    return JSONResponse(answer, headers=enhancement_headers([stored]))
 
 
 @router.get(

@@ -145,6 +145,12 @@ class ImageGenerationRequest(WireRequest):
         description="false asks for an image without the visible label and invisible mark; only an API key "
         "allowed to (or open mode) may. Recorded with the image.",
     )
+    enhance_prompt: bool | None = Field(
+        None,
+        description="cogserve extension: rewrite the prompt into a detailed caption with the operator's "
+        "enhancer before generating (CogView4's recommendation for short prompts). Absent: the operator's "
+        "default. If the enhancer fails, the prompt is used as sent and X-Prompt-Enhancement says why.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -197,6 +203,7 @@ class ImageGenerationRequest(WireRequest):
             style=self.style,
             sensitive_word_check=self.sensitive_word_check,
             watermark_enabled=self.watermark_enabled,
+            enhance_prompt=self.enhance_prompt,
         )
 
 
@@ -218,6 +225,11 @@ class ImageData(BaseModel):
 
     url: str | None = Field(None, description="Link to the PNG, valid until the image expires.")
     b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
+    revised_prompt: str | None = Field(
+        None,
+        description="The enhancer's rewrite the image was made from; null when the prompt was used as "
+        "sent (not asked for, or the enhancer failed).",
+    )
 
 
 class ImageGenerationResponse(BaseModel):

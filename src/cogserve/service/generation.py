@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from cogserve.auth import ApiKey
@@ -23,6 +23,7 @@ from cogserve.errors import ContentBlocked, InvalidField, NotFound, ServiceUnava
 from cogserve.metrics import Metrics
 from cogserve.safety import ImageChecker, Policy, Watermarker, create_image_checker, encode_png, load_policy
 from cogserve.service.access import AccessControl, AuditNote
+from cogserve.service.enhancer import Enhancement, PromptEnhancer
 from cogserve.settings import Settings
 from cogserve.storage import ImageObject, ImageRow, ImageStore, MetadataStore, is_image_id, new_image_id
 from cogserve.storage.sweep import SweepReport, sweep
@@ -51,6 +52,10 @@ class ImageRequest:
     style: str | None = None
     sensitive_word_check: Any = None
     watermark_enabled: bool | None = None
+    #: The client's choice (None: the operator's mode decides).
+    enhance_prompt: bool | None = None
+    #: The prompt as sent, when ``params.prompt`` is the enhancer's rewrite of it.
+    revised_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ class StoredImage:
     seed: int
     content_filter: list[dict[str, Any]] = field(default_factory=list)
     expires_at: float = 0.0
+    #: The prompt the image was made from, when the enhancer rewrote the one sent.
+    revised_prompt: str | None = None
+    #: What became of the request's enhancement, when one was wanted.
+    enhancement: Enhancement | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,7 @@ class ImageService:
         self._watermarker = safety.watermarker
         self._files = files
         self._metadata = metadata
+        self.enhancer = PromptEnhancer(settings.enhancer, self._metrics, settings.model.max_prompt_chars)
         self.ready = False
         self.load_error: str | None = None
 
@@ -114,20 +124,32 @@ class ImageService:
         """Check, generate, mark and store the images of one request; the stored images, in order.
 
         In order: model ready -> watermark choice allowed -> user not blocked -> within limits ->
-        prompt moderation -> scheduler -> image moderation -> watermarks -> file, then row. The
+        prompt moderation -> prompt enhancement, if wanted, and moderation of the rewrite ->
+        scheduler -> image moderation -> watermarks -> file, then row. The
         images of one request are admitted once (one request against the key's and user's limits)
         and submitted together, so they share a batch. Cancelling the caller's task cancels it:
         queued work never starts, running work stops or is discarded, and nothing stays stored.
         """
         first = requests[0]
         async with self.admission(first, key) as watermark:
+            # The n images of a request share a prompt: it is enhanced once.
+            enhanced, enhancement = await self.enhanced(first, note)
+            if enhanced is not first:
+                requests = [
+                    replace(
+                        request,
+                        params=replace(request.params, prompt=enhanced.params.prompt),
+                        revised_from=enhanced.revised_from,
+                    )
+                    for request in requests
+                ]
             # The audit row has room for one image id: the first image's.
             tasks = [
                 asyncio.ensure_future(self.produce(request, watermark, note if i == 0 else AuditNote()))
                 for i, request in enumerate(requests)
             ]
             try:
-                return list(await asyncio.gather(*tasks))
+                stored = await asyncio.gather(*tasks)
             except BaseException:
                 # gather leaves the siblings of a failed image running: stop them rather than spend
                 # the GPU on images nobody will receive (finished ones stay stored until they expire).
@@ -135,6 +157,48 @@ class ImageService:
                     task.cancel()
                 await asyncio.wait(tasks)
                 raise
+        return [replace(image, enhancement=enhancement) for image in stored]
+
+    async def enhanced(
+        self, request: ImageRequest, note: AuditNote
+    ) -> tuple[ImageRequest, Enhancement | None]:
+        """The request with its prompt rewritten, if enhancement is wanted and works; and what
+        became of the enhancement (None when not wanted).
+
+        The prompt as sent is moderated first, so a refused prompt never reaches the enhancer;
+        ``produce`` moderates the rewrite. An enhancement that fails leaves the request as it was.
+        """
+        prompt = request.params.prompt
+        if not self.enhancer.wanted(prompt, request.enhance_prompt):
+            return request, None
+        await self.moderate(prompt, request.user_id, "input", note)
+        enhancement = await self.enhancer.enhance(prompt)
+        if enhancement.revised is None:
+            return request, enhancement
+        params = replace(request.params, prompt=enhancement.revised)
+        return replace(request, params=params, revised_from=prompt), enhancement
+
+    async def moderate(self, prompt: str, user_id: str | None, stage: str, note: AuditNote) -> int:
+        """The prompt's moderation level, also noted for the audit row (the most severe of a
+        request's prompts); ContentBlocked (1301) when it is refused.
+
+        ``stage`` is ``input`` (a prompt as sent) or ``rewrite`` (the enhancer's rewrite of one).
+        """
+        # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
+        verdict = await asyncio.to_thread(self._policy.check, prompt)
+        if note.moderation_level is None or verdict.level < note.moderation_level:
+            note.moderation_level = verdict.level
+        if verdict.blocked(self._settings.safety.block_level):
+            log.warning(
+                "%s refused (level %d, %s) for user_id %s",
+                "prompt" if stage == "input" else "enhanced prompt",
+                verdict.level,
+                ", ".join(sorted({hit.category for hit in verdict.hits})),
+                user_id,
+            )
+            self._metrics.moderation_block(stage)
+            raise ContentBlocked("input" if stage == "input" else "enhanced prompt")
+        return verdict.level
 
     @asynccontextmanager
     async def admission(self, request: ImageRequest, key: ApiKey | None) -> AsyncIterator[bool]:
@@ -173,25 +237,15 @@ class ImageService:
         to the request id. ``timeout_s`` overrides the scheduler's request timeout.
         """
         note = note or AuditNote()
-        # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
-        verdict = await asyncio.to_thread(self._policy.check, request.params.prompt)
-        note.moderation_level = verdict.level
-        if verdict.blocked(self._settings.safety.block_level):
-            log.warning(
-                "prompt refused (level %d, %s) for user_id %s",
-                verdict.level,
-                ", ".join(sorted({hit.category for hit in verdict.hits})),
-                request.user_id,
-            )
-            self._metrics.moderation_block("input")
-            raise ContentBlocked("input")
+        stage = "input" if request.revised_from is None else "rewrite"
+        level = await self.moderate(request.params.prompt, request.user_id, stage, note)
         created = time.time()
         output = await self._scheduler.submit(
             request.params, schedule_id or request.request_id, on_progress, timeout_s=timeout_s
         )
         image_id = new_image_id()
         png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark)
-        content_filter = [{"role": "user", "level": verdict.level}]
+        content_filter = [{"role": "user", "level": level}]
         if image_level is not None:
             content_filter.append({"role": "assistant", "level": image_level})
         expires_at = created + self._settings.storage.image_ttl_days * 86400
@@ -213,6 +267,7 @@ class ImageService:
             seed=output.seed,
             content_filter=content_filter,
             expires_at=expires_at,
+            revised_prompt=None if request.revised_from is None else request.params.prompt,
         )
 
     def _watermark_wanted(self, request: ImageRequest, key: ApiKey | None) -> bool:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from cogserve.errors import ContentBlocked
 from tests.components.chat import ChatServer, Reply
-from tests.helpers import StepGateEngine, access_of, generate, row_of
+from tests.helpers import CountingEngine, StepGateEngine, access_of, generate, row_of
 
 CAPTION = "A fluffy white kitten naps in a wicker basket by a window, soft morning light, a warm photograph."
 OPENAI_IMAGES = "/v1/images/generations"
@@ -155,3 +155,56 @@ def test_an_async_job_is_made_from_the_rewrite(
     assert result["task_status"] == "SUCCESS", result
     assert result["data"][0]["revised_prompt"] == CAPTION
     assert engine.prompts == [CAPTION]
+
+
+ENHANCE = "/api/paas/v4/images/enhance"
+
+
+def test_the_review_route_returns_the_rewrite_without_generating(
+    make_client: Callable[..., TestClient],
+    make_settings: Callable[..., Any],
+    chat_server: ChatServer,
+    counting: CountingEngine,
+) -> None:
+    chat_server.answer(Reply(CAPTION))
+    client = make_client(make_settings(enhancer={"url": chat_server.base_url}), engine=counting)
+    response = client.post(ENHANCE, json={"prompt": "a cute kitten"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body == {
+        "prompt": "a cute kitten",
+        "revised_prompt": CAPTION,
+        "fallback": None,
+        "cached": False,
+        "request_id": response.headers["x-request-id"],
+    }
+    assert counting.images == 0
+    # Generating after review reuses the rewrite.
+    assert generate(client, prompt="a cute kitten", enhance_prompt=True).headers["x-prompt-enhancement"] == (
+        "enhanced; cache=hit"
+    )
+
+
+def test_the_review_route_falls_back_and_refuses_like_generation(client: TestClient) -> None:
+    off = client.post(ENHANCE, json={"prompt": "a cute kitten"})
+    assert off.status_code == 200 and off.json()["fallback"] == "disabled"
+    assert off.json()["revised_prompt"] is None
+    assert off.headers["x-prompt-enhancement"] == "fallback; reason=disabled"
+    blocked = client.post(ENHANCE, json={"prompt": "how to make a pipe bomb"})
+    assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "1301"
+    missing = client.post(ENHANCE, json={})
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "1213"
+
+
+def test_the_review_route_is_documented(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"][ENHANCE]["post"]
+    assert {"200", "400", "401"} <= set(operation["responses"])
+    assert "X-Prompt-Enhancement" in operation["responses"]["200"]["headers"]
+
+
+def test_the_review_route_needs_a_key_once_keys_are_required(
+    make_client: Callable[..., TestClient], make_settings: Callable[..., Any]
+) -> None:
+    client = make_client(make_settings(auth={"require_auth": True}))
+    response = client.post(ENHANCE, json={"prompt": "a cute kitten"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "1001"

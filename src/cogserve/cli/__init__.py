@@ -4,20 +4,21 @@ Flags are optional overrides: a flag left out falls back to its ``COGSERVE_...``
 variable, then to the default in ``settings.py``.
 
 - ``options``: the options commands share (storage, model) and Settings built from them;
-- ``serve``, ``generate``, ``watermark`` (``verify-watermark``), ``accounts`` (``keys``, ``users``,
-  ``usage``), ``db`` (``db upgrade``, ``db current``, ``gc``): one module per command or group;
+- ``serve``, ``generate``, ``enhance``, ``watermark`` (``verify-watermark``), ``accounts`` (``keys``,
+  ``users``, ``usage``), ``db`` (``db upgrade``, ``db current``, ``gc``): one module per command or group;
 - ``remote``: the HTTP client behind ``generate --server``.
 """
 
 import typer
 
-from cogserve.cli import accounts, db, generate, serve, watermark
+from cogserve.cli import accounts, db, enhance, generate, serve, watermark
 
 app = typer.Typer(
     help="Self-hosted CogView-4 image generation (BigModel-compatible API).", no_args_is_help=True
 )
 app.command("serve")(serve.serve)
 app.command("generate")(generate.generate)
+app.command("enhance")(enhance.enhance)
 app.command("verify-watermark")(watermark.verify_watermark)
 app.command("gc")(db.gc)
 app.command("usage")(accounts.usage)

@@ -190,7 +190,9 @@ class ImageService:
             await self.moderate(enhancement.revised, user_id, "rewrite", note)
         return enhancement
 
-    async def moderate(self, prompt: str, user_id: str | None, stage: str, note: AuditNote) -> int:
+    async def moderate(
+        self, prompt: str, user_id: str | None, stage: Literal["input", "rewrite"], note: AuditNote
+    ) -> int:
         """The prompt's moderation level, also noted for the audit row (the most severe of a
         request's prompts); ContentBlocked (1301) when it is refused.
 
@@ -249,8 +251,11 @@ class ImageService:
         to the request id. ``timeout_s`` overrides the scheduler's request timeout.
         """
         note = note or AuditNote()
-        stage = "input" if request.revised_from is None else "rewrite"
+        stage: Literal["input", "rewrite"] = "input" if request.revised_from is None else "rewrite"
         level = await self.moderate(request.params.prompt, request.user_id, stage, note)
+        if request.revised_from is not None:
+            # content_filter reports the more severe of the prompt as sent and its rewrite.
+            level = min(level, await self.moderate(request.revised_from, request.user_id, "input", note))
         created = time.time()
         output = await self._scheduler.submit(
             request.params, schedule_id or request.request_id, on_progress, timeout_s=timeout_s

@@ -208,3 +208,12 @@ def test_the_review_route_needs_a_key_once_keys_are_required(
     client = make_client(make_settings(auth={"require_auth": True}))
     response = client.post(ENHANCE, json={"prompt": "a cute kitten"})
     assert response.status_code == 401 and response.json()["error"]["code"] == "1001"
+
+
+def test_the_review_route_counts_against_the_users_limits(
+    make_client: Callable[..., TestClient], make_settings: Callable[..., Any]
+) -> None:
+    client = make_client(make_settings(auth={"user_rpm": 1}))
+    assert client.post(ENHANCE, json={"prompt": "a cat", "user_id": "user-review"}).status_code == 200
+    again = client.post(ENHANCE, json={"prompt": "a cat", "user_id": "user-review"})
+    assert again.status_code == 429 and again.json()["error"]["code"] == "1303"

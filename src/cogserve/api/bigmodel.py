@@ -65,11 +65,12 @@ async def create_image(request: Request) -> JSONResponse:
 @router.post(
     ENHANCE_PATH,
     response_model=PromptEnhanceResponse,
-    responses=error_responses(400, 401, 413, 500),
+    responses=error_responses(400, 401, 403, 413, 429, 500),
     summary="Rewrite a prompt with the enhancer, without generating (cogserve extension)",
     description="The rewrite a generation with `enhance_prompt: true` would use (the same cache), so a "
     "client can show it for review and editing, then generate from the edited text with "
-    "`enhance_prompt: false`. The prompt and the rewrite are moderated (1301). If the enhancer is off "
+    "`enhance_prompt: false`. Counts against the key's and user's limits like a generation. The prompt "
+    "and the rewrite are moderated (1301). If the enhancer is off "
     "or fails, the answer is still 200, with `revised_prompt: null` and the reason in `fallback`.",
     openapi_extra=json_body(PromptEnhanceRequest),
 )
@@ -78,7 +79,7 @@ async def enhance_prompt(request: Request) -> JSONResponse:
         body = await read_body(request, PromptEnhanceRequest)
         body.check_length(call.ctx.settings.model)
         call.note.user_id = body.user_id
-        enhancement = await call.ctx.service.review(body.prompt, body.user_id, call.note)
+        enhancement = await call.ctx.service.review(body.prompt, call.key, body.user_id, call.note)
     response = PromptEnhanceResponse(
         prompt=body.prompt,
         revised_prompt=enhancement.revised,

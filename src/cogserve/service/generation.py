@@ -178,17 +178,21 @@ class ImageService:
         params = replace(request.params, prompt=enhancement.revised)
         return replace(request, params=params, revised_from=prompt), enhancement
 
-    async def review(self, prompt: str, user_id: str | None, note: AuditNote) -> Enhancement:
+    async def review(
+        self, prompt: str, key: ApiKey | None, user_id: str | None, note: AuditNote
+    ) -> Enhancement:
         """The enhancer's rewrite of a prompt, without generating, for a client to review and edit.
 
-        Both the prompt and its rewrite are moderated (ContentBlocked, 1301); an enhancer that fails
-        is a fallback in the answer, as on the generation routes. Needs no model, so works while it loads.
+        Within the key's and user's limits like a generation (each call may cost the operator an
+        enhancer call). Both the prompt and its rewrite are moderated (ContentBlocked, 1301); an
+        enhancer that fails is a fallback in the answer. Needs no model, so works while it loads.
         """
-        await self.moderate(prompt, user_id, "input", note)
-        enhancement = await self.enhancer.enhance(prompt)
-        if enhancement.revised is not None:
-            await self.moderate(enhancement.revised, user_id, "rewrite", note)
-        return enhancement
+        async with self._access.admitted(key, user_id):
+            await self.moderate(prompt, user_id, "input", note)
+            enhancement = await self.enhancer.enhance(prompt)
+            if enhancement.revised is not None:
+                await self.moderate(enhancement.revised, user_id, "rewrite", note)
+            return enhancement
 
     async def moderate(
         self, prompt: str, user_id: str | None, stage: Literal["input", "rewrite"], note: AuditNote

@@ -52,7 +52,8 @@ class Metrics:
         self.images = Counter("cogserve_images_generated", "Images generated and stored.", registry=r)
         self.blocks = Counter(
             "cogserve_moderation_blocks",
-            "Requests refused by moderation: stage=input (prompt) or output (image).",
+            "Requests refused by moderation: stage=input (prompt), rewrite (enhanced prompt) or "
+            "output (image).",
             ["stage"],
             registry=r,
         )
@@ -74,6 +75,24 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.enhancer_calls = Histogram(
+            "cogserve_prompt_enhancement_duration_seconds",
+            "Time spent asking the prompt enhancer (cache misses), retries included.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.enhancer_fallbacks = Counter(
+            "cogserve_prompt_enhancement_fallbacks",
+            "Prompts used as sent because enhancement failed, by reason (timeout, unavailable, empty, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.enhancer_lookups = Counter(
+            "cogserve_prompt_enhancement_cache",
+            "Enhancement cache lookups, by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
         self.jobs = Counter(
             "cogserve_async_jobs_finished",
             "Async jobs finished, by final status (SUCCESS, FAIL).",
@@ -92,6 +111,15 @@ class Metrics:
 
     def moderation_block(self, stage: str) -> None:
         self.blocks.labels(stage).inc()
+
+    def enhancer_seconds(self, seconds: float) -> None:
+        self.enhancer_calls.observe(seconds)
+
+    def enhancer_fallback(self, reason: str) -> None:
+        self.enhancer_fallbacks.labels(reason).inc()
+
+    def enhancer_cache(self, *, hit: bool) -> None:
+        self.enhancer_lookups.labels("hit" if hit else "miss").inc()
 
     def batch(self, report: BatchReport) -> None:
         self.batch_size.observe(report.size)

@@ -349,6 +349,64 @@ class SafetySettings(BaseModel):
     )
 
 
+EnhanceMode = Literal["auto", "always", "never"]
+
+
+class EnhancerSettings(BaseModel):
+    """Prompt enhancement: an OpenAI-compatible chat model rewrites short prompts into the long,
+    detailed captions CogView4 was trained on (its authors' recommendation). Off until url is set."""
+
+    url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible API; cogserve POSTs to <url>/chat/completions "
+        "(e.g. https://open.bigmodel.cn/api/paas/v4, http://127.0.0.1:11434/v1). Unset: no enhancement.",
+    )
+    model: str = Field("glm-4-flash", min_length=1, description="Chat model that rewrites prompts.")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer key for the enhancer (from the environment only; never logged)."
+    )
+    timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest an enhancement may take, retries included; then the prompt is used as sent.",
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries after a failed call (connection error, 429, 5xx)."
+    )
+    mode: EnhanceMode = Field(
+        "auto",
+        description="For requests that do not send enhance_prompt: auto (prompts shorter than "
+        "auto_max_chars) | always | never. A request's enhance_prompt wins.",
+    )
+    auto_max_chars: int = Field(
+        120, ge=1, description="In auto mode, prompts shorter than this are enhanced; longer ones are kept."
+    )
+    max_chars: int = Field(
+        1500,
+        ge=1,
+        description="Longest rewrite accepted (and never more than model.max_prompt_chars); a longer one "
+        "is discarded and the prompt used as sent.",
+    )
+    prompt_file: Path | None = Field(
+        None, description="TOML with the system prompt and few-shot examples. Unset: the shipped one."
+    )
+    cache_size: int = Field(1024, ge=0, description="Rewrites kept for identical prompts (0: no cache).")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("enhancer url must start with http:// or https://")
+        return value.rstrip("/").removesuffix("/chat/completions")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class StorageSettings(BaseModel):
     data_dir: Path = Field(Path("cogserve-data"), description="Images, metadata DB and built-in model.")
     database_url: str | None = Field(
@@ -433,6 +491,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    enhancer: EnhancerSettings = Field(default_factory=EnhancerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
     @property

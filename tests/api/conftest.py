@@ -19,6 +19,7 @@ import pytest
 
 from cogserve.engine import Engine
 from cogserve.settings import Settings
+from tests.components.chat import chat_server  # noqa: F401  (a loopback enhancer, for tests that ask)
 from tests.components.postgres import postgres_server  # noqa: F401  (the session's server fixture)
 from tests.helpers import CountingEngine
 

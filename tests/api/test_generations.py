@@ -23,7 +23,7 @@ def test_response_has_the_seed_fields_and_a_working_url(client: TestClient) -> N
     assert set(body) == {"created", "data", "content_filter", "id", "request_id"}
     assert isinstance(body["created"], int) and before <= body["created"] <= time.time()
     assert body["content_filter"] == [{"role": "user", "level": 3}]
-    assert len(body["data"]) == 1 and set(body["data"][0]) == {"url"}
+    assert len(body["data"]) == 1 and body["data"][0].keys() == {"url", "revised_prompt"}
     assert body["id"] == body["request_id"] == response.headers["x-request-id"]
     url = body["data"][0]["url"]
     assert url.startswith("http://testserver/files/") and url.endswith(".png")
@@ -61,7 +61,7 @@ def test_every_optional_field_sent_as_null_takes_its_default(client: TestClient)
 def test_b64_json_returns_the_png_inline(client: TestClient) -> None:
     response = generate(client, response_format="b64_json", size="768x512")
     item = response.json()["data"][0]
-    assert set(item) == {"b64_json"}
+    assert set(item) == {"b64_json", "revised_prompt"}
     assert png_size(base64.b64decode(item["b64_json"])) == (768, 512)
 
 

@@ -40,9 +40,9 @@ def test_n_images_at_the_size_asked_each_its_own(client: TestClient) -> None:
     response = openai_generate(client, model="cogview-4", size="512x768", n=2)
     body = response.json()
     assert response.status_code == 200, body
-    assert set(body) == {"created", "data"}  # no revised_prompt: cogserve does not rewrite prompts
+    assert set(body) == {"created", "data"}
     assert isinstance(body["created"], int) and before <= body["created"] <= time.time()
-    assert len(body["data"]) == 2 and all(set(item) == {"url"} for item in body["data"])
+    assert len(body["data"]) == 2 and all(item.keys() == {"url", "revised_prompt"} for item in body["data"])
     urls = [item["url"] for item in body["data"]]
     assert all(url.startswith("http://testserver/files/") and url.endswith(".png") for url in urls)
     images = [fetch_png(client, url) for url in urls]
@@ -65,7 +65,7 @@ def test_b64_json_decodes_to_pngs(client: TestClient) -> None:
     response = openai_generate(client, response_format="b64_json", n=2, size="768x512")
     assert response.status_code == 200, response.text
     data = response.json()["data"]
-    assert len(data) == 2 and all(set(item) == {"b64_json"} for item in data)
+    assert len(data) == 2 and all(set(item) == {"b64_json", "revised_prompt"} for item in data)
     assert [png_size(base64.b64decode(item["b64_json"])) for item in data] == [(768, 512)] * 2
 
 

@@ -74,3 +74,24 @@ def test_list_settings_take_comma_separated_environment_values(monkeypatch: pyte
     assert settings.model.warmup_sizes == ["512x512:2", "1024x1024"]
     assert settings.jobs.webhook_allow == ["a.example", "b.example:8443"]
     assert settings.server.forwarded_allow_ips == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_the_enhancer_is_off_by_default_and_takes_its_key_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().enhancer.url is None
+    monkeypatch.setenv("COGSERVE_ENHANCER__URL", "https://open.bigmodel.cn/api/paas/v4/chat/completions")
+    monkeypatch.setenv("COGSERVE_ENHANCER__API_KEY", "sk-env")
+    enhancer = Settings().enhancer
+    # A pasted endpoint URL is taken back to the API's base, where /chat/completions is added.
+    assert enhancer.url == "https://open.bigmodel.cn/api/paas/v4"
+    assert enhancer.api_key is not None and enhancer.api_key.get_secret_value() == "sk-env"
+    assert "sk-env" not in repr(enhancer)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("url", "open.bigmodel.cn"), ("mode", "sometimes"), ("timeout_s", 0)]
+)
+def test_bad_enhancer_settings_are_refused(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(enhancer={field: value})

@@ -12,10 +12,26 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cogserve.api.dependencies import audited_call, context, image_items, image_request, unless_disconnected
+from cogserve.api.dependencies import (
+    ENHANCEMENT_HEADER,
+    audited_call,
+    context,
+    enhancement_headers,
+    image_items,
+    image_request,
+    read_body,
+    unless_disconnected,
+    with_revised_prompts,
+)
 from cogserve.api.openapi import error_responses, json_body
-from cogserve.api.paths import FILES_PATH, IMAGES_PATH
-from cogserve.api.protocol import ContentFilterEntry, ImageGenerationRequest, ImageGenerationResponse
+from cogserve.api.paths import ENHANCE_PATH, FILES_PATH, IMAGES_PATH
+from cogserve.api.protocol import (
+    ContentFilterEntry,
+    ImageGenerationRequest,
+    ImageGenerationResponse,
+    PromptEnhanceRequest,
+    PromptEnhanceResponse,
+)
 from cogserve.errors import NotFound
 
 router = APIRouter()
@@ -42,7 +58,36 @@ async def create_image(request: Request) -> JSONResponse:
         id=image.request_id,
         request_id=image.request_id,
     )
-    return JSONResponse(response.model_dump(exclude_none=True))
+    answer = with_revised_prompts(response.model_dump(exclude_none=True), [stored])
+    return JSONResponse(answer, headers=enhancement_headers([stored]))
+
+
+@router.post(
+    ENHANCE_PATH,
+    response_model=PromptEnhanceResponse,
+    responses=error_responses(400, 401, 403, 413, 429, 500),
+    summary="Rewrite a prompt with the enhancer, without generating (cogserve extension)",
+    description="The rewrite a generation with `enhance_prompt: true` would use (the same cache), so a "
+    "client can show it for review and editing, then generate from the edited text with "
+    "`enhance_prompt: false`. Counts against the key's and user's limits like a generation. The prompt "
+    "and the rewrite are moderated (1301). If the enhancer is off "
+    "or fails, the answer is still 200, with `revised_prompt: null` and the reason in `fallback`.",
+    openapi_extra=json_body(PromptEnhanceRequest),
+)
+async def enhance_prompt(request: Request) -> JSONResponse:
+    async with audited_call(request, ENHANCE_PATH) as call:
+        body = await read_body(request, PromptEnhanceRequest)
+        body.check_length(call.ctx.settings.model)
+        call.note.user_id = body.user_id
+        enhancement = await call.ctx.service.review(body.prompt, call.key, body.user_id, call.note)
+    response = PromptEnhanceResponse(
+        prompt=body.prompt,
+        revised_prompt=enhancement.revised,
+        fallback=enhancement.fallback,
+        cached=enhancement.cached,
+        request_id=request.state.request_id,
+    )
+    return JSONResponse(response.model_dump(), headers={ENHANCEMENT_HEADER: enhancement.header()})
 
 
 @router.get(

@@ -108,6 +108,23 @@ def image_items(
     return [ImageData(url=ctx.service.image_url(image.image_id, image.expires_at, base)) for image in stored]
 
 
+#: Says, on an answer whose request wanted enhancement, what became of it (service.enhancer).
+ENHANCEMENT_HEADER = "X-Prompt-Enhancement"
+
+
+def with_revised_prompts(body: dict[str, Any], stored: Sequence[StoredImage]) -> dict[str, Any]:
+    """The answer with each ``data`` item's ``revised_prompt``, null included (absent nulls are
+    dropped elsewhere, but clients read this one to learn that the prompt was used as sent)."""
+    for item, image in zip(body["data"], stored, strict=True):
+        item["revised_prompt"] = image.revised_prompt
+    return body
+
+
+def enhancement_headers(stored: Sequence[StoredImage]) -> dict[str, str]:
+    enhancement = stored[0].enhancement
+    return {} if enhancement is None else {ENHANCEMENT_HEADER: enhancement.header()}
+
+
 def public_base_url(request: Request, settings: ServerSettings) -> str:
     """``--public-url`` if set; else the request's own address, honouring X-Forwarded-Proto/Host/Prefix
     only from peers in ``forwarded_allow_ips`` (anyone else could point links at their own host)."""

@@ -8,7 +8,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from cogserve.api.dependencies import audited_call, caller, context, image_request, public_base_url
+from cogserve.api.dependencies import (
+    ENHANCEMENT_HEADER,
+    audited_call,
+    caller,
+    context,
+    image_request,
+    public_base_url,
+)
 from cogserve.api.openapi import KEY_SECURITY, error_responses, json_body
 from cogserve.api.paths import ASYNC_PATH, CANCEL_PATH, RESULT_PATH
 from cogserve.api.protocol import (
@@ -42,9 +49,10 @@ async def submit_job(request: Request) -> JSONResponse:
     async with audited_call(request, ASYNC_PATH + " (submit)") as call:
         body, image = await image_request(request, call, AsyncImageGenerationRequest)
         base_url = public_base_url(request, call.ctx.settings.server)
-        row = await call.ctx.jobs.submit(image, call.key, base_url, body.webhook_url)
+        row, enhancement = await call.ctx.jobs.submit(image, call.key, base_url, body.webhook_url, call.note)
     task = AsyncTask(id=row.id, request_id=row.request_id, model=row.model, task_status="PROCESSING")
-    return JSONResponse(task.model_dump())
+    headers = {} if enhancement is None else {ENHANCEMENT_HEADER: enhancement.header()}
+    return JSONResponse(task.model_dump(), headers=headers)
 
 
 @router.get(
@@ -89,7 +97,7 @@ def render(view: JobView) -> dict[str, Any]:
         queue_position=view.queue_position,
     )
     if view.state == "success" and view.image_url is not None:
-        images = [ImageData(url=view.image_url)]
+        images = [ImageData(url=view.image_url, revised_prompt=view.revised_prompt)]
         result.created = view.created
         result.image_result = images
         result.data = images

@@ -16,9 +16,11 @@ from cogserve.api.dependencies import (
     audited_call,
     caller,
     context,
+    enhancement_headers,
     image_items,
     read_body,
     unless_disconnected,
+    with_revised_prompts,
 )
 from cogserve.api.openai_protocol import (
     OpenAIErrorEnvelope,
@@ -60,7 +62,8 @@ async def create_images(request: Request) -> JSONResponse:
         created=min(image.created for image in stored),
         data=image_items(request, stored, body.response_format),
     )
-    return JSONResponse(response.model_dump(exclude_none=True))
+    answer = with_revised_prompts(response.model_dump(exclude_none=True), stored)
+    return JSONResponse(answer, headers=enhancement_headers(stored))
 
 
 @router.get(

@@ -107,6 +107,12 @@ class OpenAIImageRequest(WireRequest):
         "same pixels. Random when absent.",
     )
 
+    enhance_prompt: bool | None = Field(
+        None,
+        description="cogserve extension: rewrite the prompt with the operator's enhancer first; the "
+        "rewrite comes back as each image's `revised_prompt`. Absent: the operator's default.",
+    )
+
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
@@ -143,6 +149,7 @@ class OpenAIImageRequest(WireRequest):
             response_format=self.response_format,
             seed=self.seed,
             user_id=self.user_id,
+            enhance_prompt=self.enhance_prompt,
         )
         try:
             first = base.to_request(settings, request_id)

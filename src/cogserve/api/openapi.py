@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from cogserve.api.paths import ASYNC_PATH, IMAGES_PATH, OPENAI_IMAGES_PATH, is_openai
+from cogserve.api.paths import ASYNC_PATH, ENHANCE_PATH, IMAGES_PATH, OPENAI_IMAGES_PATH, is_openai
 from cogserve.api.protocol import ErrorEnvelope
 from cogserve.settings import Settings
 
@@ -126,7 +126,20 @@ def refine(document: dict[str, Any], settings: Settings) -> dict[str, Any]:
     for path in (IMAGES_PATH, ASYNC_PATH, OPENAI_IMAGES_PATH):
         body = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
         _settings_rules(body, settings, openai=path == OPENAI_IMAGES_PATH)
+    for path in (IMAGES_PATH, ASYNC_PATH, OPENAI_IMAGES_PATH, ENHANCE_PATH):
+        headers = document["paths"][path]["post"]["responses"]["200"]["headers"]
+        headers["X-Prompt-Enhancement"] = _ENHANCEMENT
+    enhance = document["paths"][ENHANCE_PATH]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    enhance["properties"]["prompt"]["maxLength"] = settings.model.max_prompt_chars
     return document
+
+
+_ENHANCEMENT = {
+    "description": "When the request wanted prompt enhancement: 'enhanced', 'enhanced; cache=hit', or "
+    "'fallback; reason=<why>' when the prompt was used as sent (disabled, unavailable, timeout, "
+    "bad_response, empty, too_long, wrong_language, not_a_prompt).",
+    "schema": {"type": "string"},
+}
 
 
 def _refine_responses(path: str, responses: dict[str, Any], extra: tuple[int, ...]) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 #: BigModel's images API.
 IMAGES_PATH = "/api/paas/v4/images/generations"
 ASYNC_PATH = "/api/paas/v4/async/images/generations"
+#: cogserve extension: the enhancer's rewrite of a prompt, without generating (review it first).
+ENHANCE_PATH = "/api/paas/v4/images/enhance"
 RESULT_PATH = "/api/paas/v4/async-result/{job_id}"
 CANCEL_PATH = ASYNC_PATH + "/{job_id}/cancel"
 #: Where a generated image is fetched (its link, unless presigned S3 URLs are on).

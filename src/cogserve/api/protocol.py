@@ -145,6 +145,12 @@ class ImageGenerationRequest(WireRequest):
         description="false asks for an image without the visible label and invisible mark; only an API key "
         "allowed to (or open mode) may. Recorded with the image.",
     )
+    enhance_prompt: bool | None = Field(
+        None,
+        description="cogserve extension: rewrite the prompt into a detailed caption with the operator's "
+        "enhancer before generating (CogView4's recommendation for short prompts). Absent: the operator's "
+        "default. If the enhancer fails, the prompt is used as sent and X-Prompt-Enhancement says why.",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -197,7 +203,40 @@ class ImageGenerationRequest(WireRequest):
             style=self.style,
             sensitive_word_check=self.sensitive_word_check,
             watermark_enabled=self.watermark_enabled,
+            enhance_prompt=self.enhance_prompt,
         )
+
+
+class PromptEnhanceRequest(WireRequest):
+    """Body of ``POST /api/paas/v4/images/enhance`` (cogserve extension)."""
+
+    prompt: str = Field(
+        description="The prompt to rewrite, Chinese or English; not blank, no NUL.",
+        json_schema_extra={"pattern": PROMPT_PATTERN},
+    )
+    user_id: str | None = Field(
+        None,
+        min_length=6,
+        max_length=128,
+        description="End user's id (6..128 characters); recorded in the audit log.",
+        json_schema_extra={"pattern": NO_NUL_PATTERN},
+    )
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        return prompt_rules(value)
+
+    @field_validator("user_id")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        return no_nul(value)
+
+    def check_length(self, settings: ModelSettings) -> None:
+        if len(self.prompt) > settings.max_prompt_chars:
+            raise PromptTooLong(
+                f"prompt is {len(self.prompt)} characters; the limit is {settings.max_prompt_chars}"
+            )
 
 
 #: Response bodies list every key they may hold: a stray key (another API's envelope) is a bug.
@@ -218,6 +257,11 @@ class ImageData(BaseModel):
 
     url: str | None = Field(None, description="Link to the PNG, valid until the image expires.")
     b64_json: str | None = Field(None, description="The PNG, base64 (response_format=b64_json).")
+    revised_prompt: str | None = Field(
+        None,
+        description="The enhancer's rewrite the image was made from; null when the prompt was used as "
+        "sent (not asked for, or the enhancer failed).",
+    )
 
 
 class ImageGenerationResponse(BaseModel):
@@ -228,6 +272,21 @@ class ImageGenerationResponse(BaseModel):
     content_filter: list[ContentFilterEntry] = Field(description="Safety checks applied.")
     id: str = Field(description="Id of this call: the request_id if one was sent.")
     request_id: str = Field(description="The request_id sent, or the generated one.")
+
+
+class PromptEnhanceResponse(BaseModel):
+    model_config = CLOSED
+
+    prompt: str = Field(description="The prompt as sent.")
+    revised_prompt: str | None = Field(
+        description="The enhancer's rewrite, moderated; null when enhancement failed (see fallback)."
+    )
+    fallback: str | None = Field(
+        description="Why there is no rewrite: disabled (no enhancer configured), unavailable, timeout, "
+        "bad_response, empty, too_long, wrong_language or not_a_prompt; null with a rewrite."
+    )
+    cached: bool = Field(description="Whether the rewrite came from the cache of earlier rewrites.")
+    request_id: str = Field(description="Id of this call, as in the X-Request-Id header.")
 
 
 class ErrorBody(BaseModel):

@@ -4,8 +4,8 @@ Flags are optional overrides: a flag left out falls back to its ``COGSERVE_...``
 variable, then to the default in ``settings.py``.
 
 - ``options``: the options commands share (storage, model) and Settings built from them;
-- ``serve``, ``generate``, ``watermark`` (``verify-watermark``), ``accounts`` (``keys``, ``users``,
-  ``usage``), ``db`` (``db upgrade``, ``db current``, ``gc``): one module per command or group;
+- ``serve``, ``generate``, ``enhance``, ``watermark`` (``verify-watermark``), ``accounts`` (``keys``,
+  ``users``, ``usage``), ``db`` (``db upgrade``, ``db current``, ``gc``): one module per command or group;
 - ``remote``: the HTTP client behind ``generate --server``.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cogserve import __version__
-from cogserve.cli import accounts, db, generate, serve, watermark
+from cogserve.cli import accounts, db, enhance, generate, serve, watermark
 
 app = typer.Typer(
     help="Self-hosted CogView-4 image generation (BigModel-compatible API).\n\n"
@@ -42,6 +42,7 @@ def _root(
 
 app.command("serve")(serve.serve)
 app.command("generate")(generate.generate)
+app.command("enhance")(enhance.enhance)
 app.command("verify-watermark")(watermark.verify_watermark)
 app.command("gc")(db.gc)
 app.command("usage")(accounts.usage)

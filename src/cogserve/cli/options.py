@@ -164,6 +164,64 @@ DType = Annotated[
     ),
 ]
 
+# Prompt enhancement: shared by serve and enhance. The key comes from COGSERVE_ENHANCER__API_KEY only,
+# so it never shows in a process list or shell history.
+EnhancerUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--enhancer-url",
+        help="OpenAI-compatible API base that rewrites prompts, e.g. https://open.bigmodel.cn/api/paas/v4 "
+        "(key: COGSERVE_ENHANCER__API_KEY); unset: no enhancement [COGSERVE_ENHANCER__URL]",
+    ),
+]
+EnhancerModel = Annotated[
+    str | None,
+    typer.Option("--enhancer-model", help="Chat model, e.g. glm-4-flash [COGSERVE_ENHANCER__MODEL]"),
+]
+EnhancerTimeout = Annotated[
+    float | None,
+    typer.Option("--enhancer-timeout", help="Seconds, retries included [COGSERVE_ENHANCER__TIMEOUT_S]"),
+]
+EnhancerRetries = Annotated[
+    int | None,
+    typer.Option("--enhancer-retries", help="Retries after a failure [COGSERVE_ENHANCER__RETRIES]"),
+]
+EnhancerMode = Annotated[
+    str | None,
+    typer.Option(
+        "--enhancer-mode",
+        help="Default when a request does not send enhance_prompt: auto (short prompts) | always | never "
+        "[COGSERVE_ENHANCER__MODE]",
+    ),
+]
+EnhancerPromptFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--enhancer-prompt-file",
+        help="TOML system prompt and few-shot examples; unset: the shipped one "
+        "[COGSERVE_ENHANCER__PROMPT_FILE]",
+    ),
+]
+
+
+def enhancer_flags(
+    url: str | None,
+    model: str | None,
+    timeout: float | None,
+    retries: int | None,
+    prompt_file: Path | None,
+    mode: str | None = None,
+) -> dict[str, Any]:
+    """The ``enhancer`` area for ``build_settings`` from the enhancer options."""
+    return {
+        "url": url,
+        "model": model,
+        "timeout_s": timeout,
+        "retries": retries,
+        "prompt_file": prompt_file,
+        "mode": mode,
+    }
+
 
 def storage_flags(
     data_dir: Path | None,

@@ -23,6 +23,12 @@ from cogserve.cli.options import (
     DataDir,
     Device,
     DType,
+    EnhancerMode,
+    EnhancerModel,
+    EnhancerPromptFile,
+    EnhancerRetries,
+    EnhancerTimeout,
+    EnhancerUrl,
     ImageStore,
     ModelPath,
     PresignedUrls,
@@ -30,6 +36,7 @@ from cogserve.cli.options import (
     build_settings,
     configure_process,
     default_of,
+    enhancer_flags,
     fail,
     storage_flags,
 )
@@ -214,6 +221,12 @@ def serve(
             "[COGSERVE_SERVER__CORS_ALLOW_ORIGINS]",
         ),
     ] = None,
+    enhancer_url: EnhancerUrl = None,
+    enhancer_model: EnhancerModel = None,
+    enhancer_timeout: EnhancerTimeout = None,
+    enhancer_retries: EnhancerRetries = None,
+    enhancer_mode: EnhancerMode = None,
+    enhancer_prompt_file: EnhancerPromptFile = None,
     database_url: DatabaseUrl = None,
     image_store: ImageStore = None,
     s3_endpoint_url: S3EndpointUrl = None,
@@ -283,6 +296,14 @@ def serve(
         auth={"require_auth": require_auth},
         safety={"moderation_policy": moderation_policy, "image_checker": image_checker},
         storage=storage_flags(data_dir, database_url, image_store, s3_endpoint_url, presigned_urls),
+        enhancer=enhancer_flags(
+            enhancer_url,
+            enhancer_model,
+            enhancer_timeout,
+            enhancer_retries,
+            enhancer_prompt_file,
+            enhancer_mode,
+        ),
     )
     configure_process(settings, log_level)
     try:

@@ -13,17 +13,25 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from cogserve.auth import ApiKey
 from cogserve.engine import Engine, GenerationParams
 from cogserve.engine.prompt_tokens import check_prompt_tokens
 from cogserve.engine.scheduler import ImageScheduler, ProgressListener, Reservation
-from cogserve.errors import ContentBlocked, InvalidField, NotFound, ServiceUnavailable, StorageError
+from cogserve.errors import (
+    ContentBlocked,
+    InvalidField,
+    NotFound,
+    PromptTooLong,
+    ServiceUnavailable,
+    StorageError,
+)
 from cogserve.metrics import Metrics
 from cogserve.safety import ImageChecker, Policy, Watermarker, create_image_checker, encode_png, load_policy
 from cogserve.service.access import AccessControl, AuditNote
+from cogserve.service.enhancer import Enhancement, PromptEnhancer
 from cogserve.settings import Settings
 from cogserve.storage import ImageObject, ImageRow, ImageStore, MetadataStore, is_image_id, new_image_id
 from cogserve.storage.sweep import SweepReport, sweep
@@ -52,6 +60,10 @@ class ImageRequest:
     style: str | None = None
     sensitive_word_check: Any = None
     watermark_enabled: bool | None = None
+    #: The client's choice (None: the operator's mode decides).
+    enhance_prompt: bool | None = None
+    #: The prompt as sent, when ``params.prompt`` is the enhancer's rewrite of it.
+    revised_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,10 @@ class StoredImage:
     seed: int
     content_filter: list[dict[str, Any]] = field(default_factory=list)
     expires_at: float = 0.0
+    #: The prompt the image was made from, when the enhancer rewrote the one sent.
+    revised_prompt: str | None = None
+    #: What became of the request's enhancement, when one was wanted.
+    enhancement: Enhancement | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,7 @@ class ImageService:
         self._watermarker = safety.watermarker
         self._files = files
         self._metadata = metadata
+        self.enhancer = PromptEnhancer(settings.enhancer, self._metrics, settings.model.max_prompt_chars)
         self.ready = False
         self.load_error: str | None = None
 
@@ -118,14 +135,25 @@ class ImageService:
         """Check, generate, mark and store the images of one request; the stored images, in order.
 
         In order: model ready -> prompt within the model's tokens -> watermark choice allowed ->
-        user not blocked -> within limits -> prompt moderation -> scheduler -> image moderation ->
-        watermarks -> file, then row. The images of one request are admitted once (one request
-        against the key's and user's limits) and submitted together, so they share a batch.
-        Cancelling the caller's task cancels it: queued work never starts, running work stops or is
-        discarded, and nothing stays stored.
+        user not blocked -> within limits -> prompt moderation -> prompt enhancement, if wanted, and
+        moderation of the rewrite -> scheduler -> image moderation -> watermarks -> file, then row.
+        The images of one request are admitted once (one request against the key's and user's
+        limits) and submitted together, so they share a batch. Cancelling the caller's task cancels
+        it: queued work never starts, running work stops or is discarded, and nothing stays stored.
         """
         first = requests[0]
         async with self.admission(first, key, len(requests)) as (watermark, places):
+            # The n images of a request share a prompt: it is enhanced once.
+            enhanced, enhancement = await self.enhanced(first, note)
+            if enhanced is not first:
+                requests = [
+                    replace(
+                        request,
+                        params=replace(request.params, prompt=enhanced.params.prompt),
+                        revised_from=enhanced.revised_from,
+                    )
+                    for request in requests
+                ]
             # The audit row has room for one image id: the first image's.
             tasks = [
                 asyncio.ensure_future(
@@ -134,7 +162,7 @@ class ImageService:
                 for i, request in enumerate(requests)
             ]
             try:
-                return list(await asyncio.gather(*tasks))
+                stored = await asyncio.gather(*tasks)
             except BaseException:
                 # gather leaves the siblings of a failed image running: stop them rather than spend
                 # the GPU on images nobody will receive (finished ones stay stored until they expire).
@@ -142,6 +170,70 @@ class ImageService:
                     task.cancel()
                 await asyncio.wait(tasks)
                 raise
+        return [replace(image, enhancement=enhancement) for image in stored]
+
+    async def enhanced(
+        self, request: ImageRequest, note: AuditNote
+    ) -> tuple[ImageRequest, Enhancement | None]:
+        """The request with its prompt rewritten, if enhancement is wanted and works; and what
+        became of the enhancement (None when not wanted).
+
+        The prompt as sent is moderated first, so a refused prompt never reaches the enhancer;
+        ``produce`` moderates the rewrite. An enhancement that fails leaves the request as it was.
+        """
+        prompt = request.params.prompt
+        if not self.enhancer.wanted(prompt, request.enhance_prompt):
+            return request, None
+        await self.moderate(prompt, request.user_id, "input", note)
+        enhancement = await self.enhancer.enhance(prompt)
+        if enhancement.revised is None:
+            return request, enhancement
+        try:  # a rewrite past the model's tokens would be cut silently: use the prompt as sent
+            await self.check_prompt_tokens(enhancement.revised)
+        except PromptTooLong as exc:
+            return request, self.enhancer.fell_back("too_long", str(exc))
+        params = replace(request.params, prompt=enhancement.revised)
+        return replace(request, params=params, revised_from=prompt), enhancement
+
+    async def review(
+        self, prompt: str, key: ApiKey | None, user_id: str | None, note: AuditNote
+    ) -> Enhancement:
+        """The enhancer's rewrite of a prompt, without generating, for a client to review and edit.
+
+        Within the key's and user's limits like a generation (each call may cost the operator an
+        enhancer call). Both the prompt and its rewrite are moderated (ContentBlocked, 1301); an
+        enhancer that fails is a fallback in the answer. Needs no model, so works while it loads.
+        """
+        async with self._access.admitted(key, user_id):
+            await self.moderate(prompt, user_id, "input", note)
+            enhancement = await self.enhancer.enhance(prompt)
+            if enhancement.revised is not None:
+                await self.moderate(enhancement.revised, user_id, "rewrite", note)
+            return enhancement
+
+    async def moderate(
+        self, prompt: str, user_id: str | None, stage: Literal["input", "rewrite"], note: AuditNote
+    ) -> int:
+        """The prompt's moderation level, also noted for the audit row (the most severe of a
+        request's prompts); ContentBlocked (1301) when it is refused.
+
+        ``stage`` is ``input`` (a prompt as sent) or ``rewrite`` (the enhancer's rewrite of one).
+        """
+        # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
+        verdict = await asyncio.to_thread(self._policy.check, prompt)
+        if note.moderation_level is None or verdict.level < note.moderation_level:
+            note.moderation_level = verdict.level
+        if verdict.blocked(self._settings.safety.block_level):
+            log.warning(
+                "%s refused (level %d, %s) for user_id %s",
+                "prompt" if stage == "input" else "enhanced prompt",
+                verdict.level,
+                ", ".join(sorted({hit.category for hit in verdict.hits})),
+                user_id,
+            )
+            self._metrics.moderation_block(stage)
+            raise ContentBlocked("input" if stage == "input" else "enhanced prompt")
+        return verdict.level
 
     @asynccontextmanager
     async def admission(
@@ -200,18 +292,11 @@ class ImageService:
         the admission's queue places (a job resumed by another process has none, and needs room).
         """
         note = note or AuditNote()
-        # Off the loop: a long adversarial prompt can take tens of milliseconds to match.
-        verdict = await asyncio.to_thread(self._policy.check, request.params.prompt)
-        note.moderation_level = verdict.level
-        if verdict.blocked(self._settings.safety.block_level):
-            log.warning(
-                "prompt refused (level %d, %s) for user_id %s",
-                verdict.level,
-                ", ".join(sorted({hit.category for hit in verdict.hits})),
-                request.user_id,
-            )
-            self._metrics.moderation_block("input")
-            raise ContentBlocked("input")
+        stage: Literal["input", "rewrite"] = "input" if request.revised_from is None else "rewrite"
+        level = await self.moderate(request.params.prompt, request.user_id, stage, note)
+        if request.revised_from is not None:
+            # content_filter reports the more severe of the prompt as sent and its rewrite.
+            level = min(level, await self.moderate(request.revised_from, request.user_id, "input", note))
         created = time.time()
         output = await self._scheduler.submit(
             request.params,
@@ -222,7 +307,7 @@ class ImageService:
         )
         image_id = new_image_id()
         png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark)
-        content_filter = [{"role": "user", "level": verdict.level}]
+        content_filter = [{"role": "user", "level": level}]
         if image_level is not None:
             content_filter.append({"role": "assistant", "level": image_level})
         expires_at = created + self._settings.storage.image_ttl_days * 86400
@@ -244,6 +329,7 @@ class ImageService:
             seed=output.seed,
             content_filter=content_filter,
             expires_at=expires_at,
+            revised_prompt=None if request.revised_from is None else request.params.prompt,
         )
 
     def _watermark_wanted(self, request: ImageRequest, key: ApiKey | None) -> bool:

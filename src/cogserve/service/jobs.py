@@ -31,7 +31,8 @@ from cogserve.engine import GenerationParams, ProgressEvent
 from cogserve.engine.scheduler import ImageScheduler, Reservation
 from cogserve.errors import CogserveError, Interrupted, NotFound, QueueFull, RequestTimeout
 from cogserve.metrics import Metrics
-from cogserve.service.access import AccessControl
+from cogserve.service.access import AccessControl, AuditNote
+from cogserve.service.enhancer import Enhancement
 from cogserve.service.generation import ImageRequest, ImageService
 from cogserve.service.webhooks import check_webhook_url, deliver
 from cogserve.settings import Settings
@@ -57,6 +58,8 @@ class JobView:
     image_id: str | None = None
     created: int | None = None
     content_filter: list[dict[str, Any]] = field(default_factory=list)
+    #: The enhancer's rewrite the image is made from; None when the prompt is used as sent.
+    revised_prompt: str | None = None
     error_code: str | None = None
     error_message: str | None = None
 
@@ -112,8 +115,15 @@ class JobService:
     # -- the API's calls ---------------------------------------------------------------------
 
     async def submit(
-        self, job: ImageRequest, key: ApiKey | None, base_url: str, webhook_url: str | None = None
-    ) -> JobRow:
+        self,
+        job: ImageRequest,
+        key: ApiKey | None,
+        base_url: str,
+        webhook_url: str | None = None,
+        note: AuditNote | None = None,
+    ) -> tuple[JobRow, Enhancement | None]:
+        """Admit the job, enhance its prompt if wanted (now, so the client learns at once how that
+        went), store it and start it; the job's row and what became of its enhancement."""
         self._images.check_ready()
         if webhook_url is not None:
             check_webhook_url(webhook_url, self._jobs.webhook_allow)
@@ -122,6 +132,11 @@ class JobService:
         # failed job later.
         stack = AsyncExitStack()
         watermark, places = await stack.enter_async_context(self._images.admission(job, key))
+        try:
+            job, enhancement = await self._images.enhanced(job, note or AuditNote())
+        except BaseException:
+            await stack.aclose()
+            raise
         now = time.time()
         row = JobRow(
             id=new_job_id(),
@@ -145,7 +160,7 @@ class JobService:
             await stack.aclose()
             raise
         self._start(row, stack, places)
-        return row
+        return row, enhancement
 
     async def view(self, job_id: str, key: ApiKey | None, base_url: str) -> JobView:
         return self._view_of(await self._owned(job_id, key), base_url)
@@ -358,6 +373,7 @@ class JobService:
             image_id=row.image_id,
             created=row.image_created,
             content_filter=json.loads(row.content_filter) if row.content_filter else [],
+            revised_prompt=_revised_prompt(row),
             error_code=row.error_code,
             error_message=row.error_message,
         )
@@ -374,6 +390,11 @@ class JobService:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _revised_prompt(row: JobRow) -> str | None:
+    job = json.loads(row.spec)["job"]
+    return None if job.get("revised_from") is None else cast(str, job["params"]["prompt"])
 
 
 def _job_from(data: dict[str, Any]) -> ImageRequest:

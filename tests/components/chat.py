@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -69,6 +70,13 @@ def _completion(reply: Reply, model: str) -> bytes:
 
 @pytest.fixture
 def chat_server() -> Iterator[ChatServer]:
+    with serving_chat() as state:
+        yield state
+
+
+@contextmanager
+def serving_chat() -> Iterator[ChatServer]:
+    """A chat server for as long as the block lasts (the fixture's, or a longer-lived one's)."""
     state = ChatServer(base_url="")
 
     class Handler(BaseHTTPRequestHandler):

@@ -21,6 +21,7 @@ from PIL import Image
 from cogserve.engine.builtin import SHAPES_EXAMPLES, SHAPES_NOTE
 from cogserve.service.jobs import CANCELLED_MESSAGE
 from cogserve.service.sizes import RECOMMENDED_SIZES
+from tests.components.chat import ChatServer, Reply, serving_chat
 from tests.e2e.conftest import Server, start_server, stop_server
 from tests.e2e.test_cli import run
 
@@ -54,9 +55,24 @@ FAST_START = {
 }
 
 
+CAPTION = "A large red circle in the center of the picture on a flat blue background, minimalist."
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("playground") / "data", models_dir, env=FAST_START)
+def enhancer() -> Iterator[ChatServer]:
+    """The server's prompt enhancer: a chat-completions server on loopback answering CAPTION."""
+    with serving_chat() as chat:
+        chat.answer(Reply(CAPTION))
+        yield chat
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, enhancer: ChatServer
+) -> Iterator[Server]:
+    # Mode "never": only the page's Enhance button rewrites, so the other tests' prompts stay theirs.
+    env = {**FAST_START, "COGSERVE_ENHANCER__URL": enhancer.base_url, "COGSERVE_ENHANCER__MODE": "never"}
+    running = start_server(tmp_path_factory.mktemp("playground") / "data", models_dir, env=env)
     yield running
     stop_server(running.process)
 
@@ -170,6 +186,7 @@ def test_static_files_and_config(server: Server) -> None:
         "sizes": {"min": 512, "max": 2048, "multiple": 16, "max_pixels": 2**21},
         "model_note": SHAPES_NOTE,
         "example_prompts": list(SHAPES_EXAMPLES),
+        "enhancer": True,
     }
     for path, content_type in [
         ("/", "text/html"),
@@ -248,6 +265,41 @@ def test_the_built_in_model_is_explained_and_its_examples_fill_the_prompt(page: 
     examples.nth(1).click()
     expect(page.get_by_test_id("prompt")).to_have_value(SHAPES_EXAMPLES[1])
     expect(page.get_by_test_id("submit")).to_be_enabled()
+
+
+def test_the_enhanced_prompt_is_reviewed_and_edited_before_generating(
+    page: Any, server: Server, enhancer: ChatServer
+) -> None:
+    from playwright.sync_api import expect
+
+    _open(page, server)
+    prompt = page.get_by_test_id("prompt")
+    prompt.fill("a red circle")
+    page.get_by_test_id("enhance").click()
+    expect(prompt).to_have_value(CAPTION)
+    expect(page.get_by_test_id("enhance-note")).to_contain_text("review or edit it")
+    assert enhancer.requests[-1].body["messages"][-1]["content"] == "a red circle"
+    page.get_by_test_id("enhance-undo").click()  # back to the prompt as typed, and forward again
+    expect(prompt).to_have_value("a red circle")
+    page.get_by_test_id("enhance").click()
+    expect(prompt).to_have_value(CAPTION)
+
+    # The edited rewrite is what the image is made from, and it is not enhanced a second time.
+    asked = len(enhancer.requests)
+    edited = CAPTION + " Crisp edges."
+    _generate(page, edited, 512, 512, seed="5")
+    expect(page.get_by_test_id("result-caption")).to_contain_text("Crisp edges.")
+    assert len(enhancer.requests) == asked
+
+    # An enhancer answer that is no prompt leaves the prompt as it was and says why.
+    enhancer.answer(Reply('{"prompt": "a circle"}'))
+    try:
+        prompt.fill("a blue square")
+        page.get_by_test_id("enhance").click()
+        expect(page.get_by_test_id("error")).to_contain_text("could not rewrite this prompt (not_a_prompt)")
+        expect(prompt).to_have_value("a blue square")
+    finally:
+        enhancer.answer(Reply(CAPTION))
 
 
 def test_generates_with_live_progress_and_keeps_a_history(page: Any, server: Server) -> None:

@@ -70,6 +70,9 @@ class PlaygroundConfig(BaseModel):
     example_prompts: list[str] = Field(
         default_factory=list, description="Prompts the served model draws well (may be empty)."
     )
+    enhancer: bool = Field(
+        False, description="Whether the server can rewrite prompts (POST /api/paas/v4/images/enhance)."
+    )
 
 
 router = APIRouter()
@@ -108,6 +111,7 @@ async def playground_config(request: Request) -> PlaygroundConfig:
         default_size=DEFAULT_SIZE,
         max_prompt_chars=model.max_prompt_chars,
         sizes=SizeLimits(min=MIN_SIDE, max=MAX_SIDE, multiple=MULTIPLE, max_pixels=MAX_PIXELS),
+        enhancer=ctx.settings.enhancer.url is not None,
         **_model_guide(model),
     )
 

@@ -5,6 +5,7 @@
 (() => {
   const API = "api/paas/v4";
   const SUBMIT_URL = `${API}/async/images/generations`;
+  const ENHANCE_URL = `${API}/images/enhance`;
   const resultUrl = (id) => `${API}/async-result/${encodeURIComponent(id)}`;
   const cancelUrl = (id) => `${SUBMIT_URL}/${encodeURIComponent(id)}/cancel`;
   const POLL_MS = 300;
@@ -32,6 +33,10 @@
     authField: $("auth-field"),
     apiKey: $("api-key"),
     submit: $("submit"),
+    enhance: $("enhance"),
+    enhanceNote: $("enhance-note"),
+    enhanceNoteText: $("enhance-note-text"),
+    enhanceUndo: $("enhance-undo"),
     cancel: $("cancel"),
     alert: $("alert"),
     progress: $("progress"),
@@ -48,6 +53,7 @@
 
   let config = null;
   let task = null; // the generation in flight: {id, cancelRequested}
+  let typedPrompt = null; // the prompt as typed, while the textarea holds the enhancer's rewrite
   let history = [];
 
   class ApiError extends Error {
@@ -160,6 +166,7 @@
 
     const ok = prompt.trim() !== "" && !tooLong && !size.problem && !seed.problem;
     ui.submit.disabled = !ok || task !== null;
+    ui.enhance.disabled = prompt.trim() === "" || tooLong || task !== null;
     if (!ok) return null;
     return {
       model: ui.model.value,
@@ -176,6 +183,8 @@
       prompt: request.prompt,
       size: request.size,
       quality: request.quality,
+      // The page enhances only when asked (the Enhance button), so the prompt sent is the one shown.
+      enhance_prompt: false,
     });
     // Seeds go up to 2^63-1, beyond what a JS number holds exactly: splice the digits in as text.
     return request.seed === null ? body : `${body.slice(0, -1)},"seed":${request.seed}}`;
@@ -357,6 +366,38 @@
     }
   }
 
+  // --- Prompt enhancement: review and edit the rewrite before generating ---------------------------
+
+  async function enhance() {
+    const prompt = ui.prompt.value;
+    hideAlert();
+    ui.enhance.disabled = true;
+    ui.enhance.textContent = "Enhancing…";
+    try {
+      const answer = await api("POST", ENHANCE_URL, JSON.stringify({ prompt }));
+      if (answer.revised_prompt === null) {
+        throw new ApiError(0, null, `The prompt enhancer could not rewrite this prompt (${answer.fallback}); it is unchanged.`);
+      }
+      typedPrompt = prompt;
+      ui.prompt.value = answer.revised_prompt;
+      ui.enhanceNoteText.textContent = "Enhanced: review or edit it, then Generate.";
+      ui.enhanceNote.hidden = false;
+    } catch (err) {
+      showAlert(err instanceof ApiError ? err : new ApiError(0, null, String(err)));
+    } finally {
+      ui.enhance.textContent = "Enhance prompt";
+      validate();
+    }
+  }
+
+  function undoEnhance() {
+    if (typedPrompt !== null) ui.prompt.value = typedPrompt;
+    typedPrompt = null;
+    ui.enhanceNote.hidden = true;
+    validate();
+    ui.prompt.focus();
+  }
+
   // --- Start --------------------------------------------------------------------------------------
 
   function fillSelect(select, options, selected) {
@@ -404,6 +445,7 @@
       input.step = String(config.sizes.multiple);
     }
     showModelNote(config.model_note, config.example_prompts || []);
+    ui.enhance.hidden = !config.enhancer;
     ui.authField.hidden = !config.auth_required;
     if (config.auth_required) ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
     ui.status.textContent = config.auth_required ? "API key required" : "open mode · no key needed";
@@ -464,6 +506,8 @@
     ui.cancel.addEventListener("click", () => {
       if (task) requestCancel(task);
     });
+    ui.enhance.addEventListener("click", () => enhance());
+    ui.enhanceUndo.addEventListener("click", () => undoEnhance());
   }
 
   async function start() {

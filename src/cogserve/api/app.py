@@ -197,8 +197,8 @@ async def _load_model(
         if on_fatal is not None:
             on_fatal(service.load_error)
         return
-    service.ready = True
     info = engine.info
+    # Logged before the flag flips, so whoever waits on readiness also finds the line written.
     log.info(
         "ready: %s on %s (%s); serving %s (playground /, BigModel API /api/paas/v4, OpenAI API /v1)",
         info.name,
@@ -206,3 +206,4 @@ async def _load_model(
         info.dtype,
         _address(settings),
     )
+    service.ready = True

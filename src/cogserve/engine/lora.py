@@ -18,7 +18,12 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from cogserve.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cogserve.settings import LoraSettings
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +118,7 @@ def _strip(key: str) -> str:
     return key
 
 
-def inspect_adapter(
-    name: str, entry: Path, shapes: LinearShapes | None, max_rank: int
-) -> AdapterInfo:
+def inspect_adapter(name: str, entry: Path, shapes: LinearShapes | None, max_rank: int) -> AdapterInfo:
     """Check one adapter (BadAdapter says what is wrong). ``shapes``: the served transformer's
     linear layers; None checks the files alone (where no model is loaded, e.g. a Ray ingress)."""
     from safetensors import safe_open
@@ -131,7 +134,7 @@ def inspect_adapter(
         try:
             config = json.loads(config_path.read_text())
         except FileNotFoundError:
-            raise BadAdapter(f"{PEFT_CONFIG} is missing (PEFT layout needs it beside {PEFT_WEIGHTS})") from None
+            raise BadAdapter(f"{PEFT_CONFIG} is missing (the PEFT layout needs it)") from None
         except (OSError, ValueError) as exc:
             raise BadAdapter(f"{PEFT_CONFIG} is not readable JSON: {exc}") from None
         if not isinstance(config, dict):
@@ -225,6 +228,22 @@ def read_weights(info: AdapterInfo) -> dict[str, Any]:
 class LoraRegistry:
     """The adapters of one folder, checked; safe to call from the event loop and the worker thread."""
 
+    @classmethod
+    def from_settings(cls, settings: LoraSettings) -> LoraRegistry | None:
+        """The registry of ``settings.dir``; None when no folder is set. ConfigError without peft."""
+        if settings.dir is None:
+            return None
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "LoRA adapters (lora.dir) need the peft package: pip install 'cogserve[lora]' "
+                "(or pip install peft)"
+            ) from None
+        if not settings.dir.is_dir():
+            raise ConfigError(f"the LoRA folder {settings.dir} does not exist or is not a folder")
+        return cls(settings.dir, max_rank=settings.max_rank, max_loaded=settings.max_loaded)
+
     def __init__(self, directory: Path, *, max_rank: int = 256, max_loaded: int = 8) -> None:
         self.directory = directory
         self.max_rank = max_rank
@@ -280,7 +299,8 @@ class LoraRegistry:
                 if found is None or name.startswith("."):
                     continue
                 if not valid_name(name):
-                    self._remember(current, name, (), f"the name {name!r} is not an identifier ({NAME_PATTERN})")
+                    why = f"the name {name!r} is not an identifier ({NAME_PATTERN})"
+                    self._remember(current, name, (), why)
                     continue
                 if name in current:
                     self._remember(current, name, (), "two adapters share this name (a folder and a file?)")
@@ -309,5 +329,5 @@ class LoraRegistry:
         if isinstance(entry, str) and (previous is None or previous[1] != entry):
             log.warning("LoRA adapter %r in %s skipped: %s", name, self.directory, entry)
         elif isinstance(entry, AdapterInfo) and (previous is None or previous[1] != entry):
-            log.info("LoRA adapter %r: rank %d, %d layers (%s)", name, entry.rank, len(entry.modules), entry.format)
+            log.info("LoRA adapter %r: rank %d, %d layers", name, entry.rank, len(entry.modules))
         current[name] = (stamp, entry)

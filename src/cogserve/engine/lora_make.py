@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from cogserve.engine.lora import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS
+from cogserve.engine.lora import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, LinearShapes
 
 #: CogKit's LoRA recipe for CogView4: attention projections only, alpha = rank / 2.
 COGKIT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -70,3 +70,40 @@ def load_transformer(model_path: Path, dtype: Any = None) -> Any:
     from diffusers import CogView4Transformer2DModel
 
     return CogView4Transformer2DModel.from_pretrained(model_path, subfolder="transformer", torch_dtype=dtype)
+
+
+def random_adapter(
+    shapes: LinearShapes,
+    out: Path,
+    *,
+    rank: int = 8,
+    alpha: int | None = None,
+    targets: Sequence[str] = COGKIT_TARGETS,
+    seed: int = 0,
+    std: float = 0.05,
+) -> Path:
+    """Like ``make_adapter`` in PEFT's layout, from the layers' shapes alone: no model is loaded, so
+    it is quick even for the full-size model. Targets match module paths by their last parts, as
+    PEFT's ``target_modules`` does."""
+    import torch
+    from safetensors.torch import save_file
+
+    alpha = alpha if alpha is not None else max(1, rank // 2)
+    modules = [m for m in sorted(shapes) if any(m == t or m.endswith(f".{t}") for t in targets)]
+    if not modules:
+        raise ValueError(f"the model has no layers named {', '.join(targets)}")
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for module in modules:
+        in_features, out_features = shapes[module]
+        tensors[f"base_model.model.{module}.lora_A.weight"] = (
+            torch.randn(rank, in_features, generator=generator) * std
+        )
+        tensors[f"base_model.model.{module}.lora_B.weight"] = (
+            torch.randn(out_features, rank, generator=generator) * std
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / PEFT_WEIGHTS))
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": sorted(targets)}
+    (out / PEFT_CONFIG).write_text(json.dumps(config, indent=2))
+    return out

@@ -11,14 +11,33 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from cogserve.engine.lora import AdapterInfo, BadAdapter, LoraRegistry, read_weights
 from cogserve.errors import GenerationFailed
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """Silence two warnings that are wrong here: peft's "multiple adapters" (that is the point), and
+    diffusers' "missing keys", which matches keys by substring and so lists another adapter's keys
+    whenever one name is part of another (``a`` in ``transformer_blocks``). The registry has already
+    checked every key against the model."""
+    noisy = logging.getLogger("diffusers.utils.peft_utils")
+    level = noisy.level
+    noisy.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            yield
+    finally:
+        noisy.setLevel(level)
 
 
 class AdapterUnavailable(GenerationFailed):
@@ -32,7 +51,6 @@ class ResidentAdapters:
         self.registry = registry
         # name -> stamp of the files it was loaded from; order = least recently used first.
         self._loaded: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-        self._enabled = False
 
     @property
     def loaded(self) -> list[str]:
@@ -41,9 +59,9 @@ class ResidentAdapters:
     def activate(self, transformer: Any, loras: Sequence[tuple[str, float]]) -> None:
         """Make exactly ``loras`` (name, scale) active on ``transformer``; none turns LoRA off."""
         if not loras:
-            if self._loaded and self._enabled:
+            # Asks the transformer, not this object's records: any adapter in it is turned off.
+            if getattr(transformer, "peft_config", None):
                 transformer.disable_lora()
-                self._enabled = False
             return
         infos = []
         for name, _ in loras:
@@ -55,7 +73,6 @@ class ResidentAdapters:
         for info in infos:
             self._ensure(transformer, info, keep=wanted)
         transformer.enable_lora()
-        self._enabled = True
         transformer.set_adapters([name for name, _ in loras], [scale for _, scale in loras])
 
     def _ensure(self, transformer: Any, info: AdapterInfo, keep: set[str]) -> None:
@@ -71,6 +88,8 @@ class ResidentAdapters:
                 break  # every resident adapter is in this call: go over the limit for it
             self._delete(transformer, victim)
             self.registry.report("evict", victim)
+        if info.name in getattr(transformer, "peft_config", {}):
+            self._forget(transformer, info.name)  # left by an earlier registry of this engine
         started = time.perf_counter()
         try:
             weights = read_weights(info)
@@ -80,7 +99,8 @@ class ResidentAdapters:
         weights = {key: tensor.to(dtype) for key, tensor in weights.items()}
         config = {"r": info.rank, "lora_alpha": info.alpha, "target_modules": list(info.modules)}
         try:
-            transformer.load_lora_adapter(weights, prefix=None, adapter_name=info.name, metadata=config)
+            with _quiet_peft():
+                transformer.load_lora_adapter(weights, prefix=None, adapter_name=info.name, metadata=config)
         except Exception as exc:
             # A half-made adapter must not stay behind under this name.
             self._forget(transformer, info.name)
@@ -89,6 +109,10 @@ class ResidentAdapters:
         elapsed = time.perf_counter() - started
         log.info("LoRA adapter %r loaded in %.2f s (%d resident)", info.name, elapsed, len(self._loaded))
         self.registry.report("load", info.name, elapsed)
+
+    def unload_all(self, transformer: Any) -> None:
+        for name in list(self._loaded):
+            self._delete(transformer, name)
 
     def _delete(self, transformer: Any, name: str) -> None:
         self._loaded.pop(name, None)

@@ -38,7 +38,10 @@ class PipelineEngine:
         self._shapes: dict[str, tuple[int, int]] = {}
 
     def attach_loras(self, registry: LoraRegistry) -> None:
-        self._adapters = ResidentAdapters(registry)
+        with self._lock:
+            if self._adapters is not None and self._pipe is not None:
+                self._adapters.unload_all(self._pipe.transformer)  # a new app on a shared engine (tests)
+            self._adapters = ResidentAdapters(registry)
         if self._pipe is not None:
             registry.bind(self._shapes)
 

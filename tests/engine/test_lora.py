@@ -208,3 +208,58 @@ def test_an_adapter_folder_needs_peft_and_must_exist(tmp_path: Path) -> None:
 def test_files_alone_are_checked_where_no_model_is_loaded(adapters: Path) -> None:
     info = inspect_adapter("ink", adapters / "ink", None, 256)
     assert info.rank == 4 and len(info.modules) == 8
+
+
+def test_the_scheduler_batches_by_adapter_set_and_a_rare_adapter_waits_only_its_turn(
+    engine: PipelineEngine,
+) -> None:
+    import asyncio
+    import threading
+    from collections.abc import Sequence
+
+    from cogserve.engine import BatchItem, GenerationOutput, GenerationParams
+    from cogserve.engine.scheduler import Scheduler
+    from cogserve.settings import SchedulerSettings
+    from tests.engine.test_scheduler import _until
+    from tests.helpers import DelegatingEngine
+
+    class Recorder(DelegatingEngine):
+        def __init__(self) -> None:
+            super().__init__(engine)
+            self.calls: list[list[str]] = []
+            self.gate = threading.Event()
+
+        def generate_batch(self, items: Sequence[BatchItem]) -> list[GenerationOutput]:
+            self.gate.wait(30)
+            self.calls.append([item.params.prompt for item in items])
+            return self.inner.generate_batch(items)
+
+    recorder = Recorder()
+    sets = {"i": (("ink", 1.0),), "h": (("ink", 0.5),), "w": (("wash", 1.0),), "n": ()}
+    order = ["i1", "w1", "i2", "n1", "i3", "h1", "i4", "i5"]
+
+    async def main() -> None:
+        scheduler = Scheduler(
+            recorder, SchedulerSettings(max_batch_size=3, max_batch_wait_ms=0), device="cpu"
+        )
+        scheduler.start()
+        try:
+            blocker = asyncio.create_task(
+                scheduler.submit(GenerationParams("blocker", 256, 256, 2, 3.5, 0), "b")
+            )
+            await _until(lambda: scheduler.stats.running == 1)
+            tasks = []
+            for name in order:
+                params = GenerationParams(name, 256, 256, 2, 3.5, 1, sets[name[0]])
+                tasks.append(asyncio.create_task(scheduler.submit(params, name)))
+                await asyncio.sleep(0.002)
+            await _until(lambda: scheduler.stats.queued == len(order))
+            recorder.gate.set()
+            await asyncio.gather(blocker, *tasks)
+        finally:
+            await scheduler.stop()
+
+    asyncio.run(main())
+    # Same adapters and scales share a call; ink at 0.5 is another set; the oldest request goes next,
+    # so wash, asked for once, runs second rather than after every ink request.
+    assert recorder.calls == [["blocker"], ["i1", "i2", "i3"], ["w1"], ["n1"], ["h1"], ["i4", "i5"]]

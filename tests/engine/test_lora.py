@@ -263,3 +263,27 @@ def test_the_scheduler_batches_by_adapter_set_and_a_rare_adapter_waits_only_its_
     # Same adapters and scales share a call; ink at 0.5 is another set; the oldest request goes next,
     # so wash, asked for once, runs second rather than after every ink request.
     assert recorder.calls == [["blocker"], ["i1", "i2", "i3"], ["w1"], ["n1"], ["h1"], ["i4", "i5"]]
+
+
+def test_prefetched_weights_are_used_for_the_load(
+    adapters: Path, engine: PipelineEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cogserve.engine.lora as lora_module
+
+    registry = LoraRegistry(adapters)
+    engine.attach_loras(registry)
+    try:
+        inked = draw(engine, (("ink", 1.0),))
+        registry.prefetch(["ink", "wash"])  # ink is resident: only wash is read
+        assert list(registry._staged) == ["wash"]
+
+        def no_disk(info: object) -> None:
+            raise AssertionError("read from disk at load time")
+
+        monkeypatch.setattr(lora_module, "read_weights", no_disk)
+        washed = draw(engine, (("wash", 1.0),))
+        assert registry._staged == {} and differ(washed, inked) > 0
+        monkeypatch.undo()
+        assert np.array_equal(draw(engine, (("ink", 1.0),)), inked)
+    finally:
+        engine.attach_loras(LoraRegistry(adapters, max_loaded=8))

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from cogserve.engine.lora import AdapterInfo, BadAdapter, LoraRegistry, read_weights
+from cogserve.engine.lora import AdapterInfo, BadAdapter, LoraRegistry
 from cogserve.errors import GenerationFailed
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class ResidentAdapters:
             self._forget(transformer, info.name)  # left by an earlier registry of this engine
         started = time.perf_counter()
         try:
-            weights = read_weights(info)
+            weights = self.registry.take_weights(info)
         except BadAdapter as exc:
             raise AdapterUnavailable(f"LoRA adapter '{info.name}': {exc}") from exc
         dtype = transformer.dtype
@@ -106,6 +106,7 @@ class ResidentAdapters:
             self._forget(transformer, info.name)
             raise AdapterUnavailable(f"LoRA adapter '{info.name}' could not be loaded: {exc}") from exc
         self._loaded[info.name] = info.stamp
+        self.registry.resident.add(info.name)
         elapsed = time.perf_counter() - started
         log.info("LoRA adapter %r loaded in %.2f s (%d resident)", info.name, elapsed, len(self._loaded))
         self.registry.report("load", info.name, elapsed)
@@ -116,6 +117,7 @@ class ResidentAdapters:
 
     def _delete(self, transformer: Any, name: str) -> None:
         self._loaded.pop(name, None)
+        self.registry.resident.discard(name)
         self._forget(transformer, name)
 
     @staticmethod

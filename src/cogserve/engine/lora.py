@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,6 +255,10 @@ class LoraRegistry:
         self._lock = threading.Lock()
         # name -> (stamp of its files, the adapter or why it was refused)
         self._seen: dict[str, tuple[tuple[int, ...], AdapterInfo | str]] = {}
+        #: Names loaded in the model now; kept by the engine's ``ResidentAdapters``.
+        self.resident: set[str] = set()
+        # Weights read ahead of their load (``prefetch``), by name: (stamp, tensors); oldest first.
+        self._staged: OrderedDict[str, tuple[tuple[int, ...], dict[str, Any]]] = OrderedDict()
 
     def bind(self, shapes: LinearShapes) -> None:
         """Check adapters against this transformer from now on (the engine calls it once loaded)."""
@@ -277,6 +282,40 @@ class LoraRegistry:
 
     def names(self) -> list[str]:
         return [info.name for info in self.adapters()]
+
+    @property
+    def bound(self) -> bool:
+        """Whether a model in this process serves these adapters (not so in a Ray ingress)."""
+        return self._shapes is not None
+
+    def prefetch(self, names: list[str]) -> None:
+        """Read the weights of adapters not loaded yet (blocking; the service runs it on a thread as
+        a request is admitted), so the pipeline's worker later only moves them into the model
+        instead of also waiting for the disk while other requests wait for it."""
+        for name in names:
+            info = self.get(name)
+            if info is None or name in self.resident:
+                continue
+            with self._lock:
+                staged = self._staged.get(name)
+                if staged is not None and staged[0] == info.stamp:
+                    continue
+            try:
+                tensors = read_weights(info)
+            except BadAdapter:
+                continue  # the load will say so, for the request that needs it
+            with self._lock:
+                self._staged[name] = (info.stamp, tensors)
+                while len(self._staged) > self.max_loaded:
+                    self._staged.popitem(last=False)
+
+    def take_weights(self, info: AdapterInfo) -> dict[str, Any]:
+        """The adapter's tensors: the ones ``prefetch`` read if still current, else read now."""
+        with self._lock:
+            staged = self._staged.pop(info.name, None)
+        if staged is not None and staged[0] == info.stamp:
+            return staged[1]
+        return read_weights(info)
 
     def report(self, event: Literal["load", "evict"], name: str, seconds: float = 0.0) -> None:
         if self.listener is not None:

@@ -121,6 +121,7 @@ class ImageService:
         self._settings = settings
         #: The LoRA adapters served (None: started without a LoRA folder).
         self.loras = loras
+        self._prefetching: set[asyncio.Future[None]] = set()  # held, so the tasks are not collected
         # Counts prompts in the served model's tokens; None (tests of the service alone) skips that.
         self._engine = engine
         self._metrics = metrics or Metrics()
@@ -288,6 +289,11 @@ class ImageService:
                     )
         for name in wanted:
             self._metrics.lora_request(name)
+        if self.loras.bound and not self.loras.resident.issuperset(wanted):
+            # Read from disk now, on a thread, while the request waits its turn; not awaited.
+            task = asyncio.ensure_future(asyncio.to_thread(self.loras.prefetch, wanted))
+            self._prefetching.add(task)
+            task.add_done_callback(self._prefetching.discard)
 
     def check_ready(self) -> None:
         if not self.ready:

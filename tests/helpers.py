@@ -125,6 +125,9 @@ class DelegatingEngine:
     def warmup(self) -> None:
         self.inner.warmup()
 
+    def attach_loras(self, registry: Any) -> None:
+        self.inner.attach_loras(registry)
+
     def count_prompt_tokens(self, prompt: str) -> int:
         return self.inner.count_prompt_tokens(prompt)
 

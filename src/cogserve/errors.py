@@ -18,6 +18,7 @@ signature checked out, so a caller who merely knows a key id cannot learn whethe
     │   ├── MissingField (400 / 1213)
     │   ├── InvalidField (400 / 1214)
     │   ├── UnknownModel (400 / 1211)
+    │   ├── UnknownAdapter (400 / 1211)    a LoRA adapter that is not served; lists the ones that are
     │   ├── ContentBlocked (400 / 1301)   the prompt or the image failed moderation
     │   └── PromptTooLong (400 / 1261)
     ├── NotFound (404 / 1222)              unknown route, unknown or expired image
@@ -40,6 +41,7 @@ signature checked out, so a caller who merely knows a key id cannot learn whethe
     │   ├── ConcurrencyLimited (429 / 1302) too many requests in flight
     │   └── RateLimited (429 / 1303)       too many requests in the last minute
     ├── UserBlocked (403 / 1112)           the end user's user_id is blocked; never retried
+    ├── AdapterForbidden (403 / 1220)      the API key may not use this LoRA adapter
     ├── KeyUnreadable (500 / 500)          a stored secret does not decrypt under the server key
     └── ConfigError (—)                    bad settings or model folder, at start-up
 """
@@ -112,6 +114,14 @@ class InvalidField(InvalidRequest):
 
 
 class UnknownModel(InvalidRequest):
+    code = "1211"
+
+
+class UnknownAdapter(InvalidRequest):
+    """A LoRA adapter the server does not serve. 1211 ("model does not exist"): an adapter is a
+    variant of the model, and on /v1 it may be named as the model itself. 400, not OpenAI's 404 for
+    an unknown model: the route exists, one field of the body is wrong."""
+
     code = "1211"
 
 
@@ -238,6 +248,13 @@ class UserBlocked(CogserveError):
     "account locked" code, the nearest published meaning."""
 
     status, code, retryable = 403, "1112", False
+
+
+class AdapterForbidden(CogserveError):
+    """1220, BigModel's "no permission for" code: the key is valid, but limited to other adapters
+    (``cogserve keys create --loras``). 403: retrying cannot help."""
+
+    status, code, retryable = 403, "1220", False
 
 
 class KeyUnreadable(CogserveError):

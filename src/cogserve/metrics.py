@@ -93,6 +93,25 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Adapter labels are bounded: only names the registry serves reach these (checked first).
+        self.lora_requests = Counter(
+            "cogserve_lora_requests",
+            "Requests admitted that use a LoRA adapter, by adapter.",
+            ["adapter"],
+            registry=r,
+        )
+        self.lora_events = Counter(
+            "cogserve_lora_adapter_events",
+            "LoRA adapters loaded into the model or evicted from it (least recently used), by event.",
+            ["event"],
+            registry=r,
+        )
+        self.lora_load_seconds = Histogram(
+            "cogserve_lora_load_duration_seconds",
+            "Time to read an adapter's weights and load it into the model.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
         self.jobs = Counter(
             "cogserve_async_jobs_finished",
             "Async jobs finished, by final status (SUCCESS, FAIL).",
@@ -126,6 +145,15 @@ class Metrics:
         self.step_seconds.observe(report.elapsed_s / max(1, report.steps))
         for waited in report.waited_s:
             self.queue_wait.observe(waited)
+
+    def lora_request(self, adapter: str) -> None:
+        self.lora_requests.labels(adapter).inc()
+
+    def lora_event(self, event: str, adapter: str, seconds: float) -> None:
+        """The registry's listener; called on the pipeline's worker thread (prometheus is thread-safe)."""
+        self.lora_events.labels(event).inc()
+        if event == "load":
+            self.lora_load_seconds.observe(seconds)
 
     def job_finished(self, status: str) -> None:
         self.jobs.labels(status).inc()

@@ -249,6 +249,27 @@ class ModelSettings(BaseModel):
         return None if self.step_cache == "none" else float(self.step_cache.removeprefix("fbc:"))
 
 
+class LoraSettings(BaseModel):
+    """Per-request LoRA adapters (docs/lora.md). Off until dir is set."""
+
+    dir: Path | None = Field(
+        None,
+        description="Folder of LoRA adapters, one per sub-folder (PEFT/CogKit: adapter_model.safetensors + "
+        "adapter_config.json; or diffusers' pytorch_lora_weights.safetensors) or <name>.safetensors file, "
+        "named by it. Rescanned when listed or named, so new adapters need no restart. Unset: no adapters.",
+    )
+    max_loaded: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Adapters kept loaded in the model; the least recently used is unloaded beyond this "
+        "(a call needing more than this many at once still gets them).",
+    )
+    max_rank: int = Field(
+        256, ge=1, description="Adapters of a higher rank are refused when found (CogKit trains rank 128)."
+    )
+
+
 class SchedulerSettings(BaseModel):
     max_queue: int = Field(
         64, ge=1, description="Requests allowed to wait; one more is refused at once with 429/1305."
@@ -488,6 +509,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)

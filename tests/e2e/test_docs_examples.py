@@ -11,8 +11,10 @@ change made to an example is the port: ``127.0.0.1:8000`` becomes the free port 
 - ```` ```bash ```` / ```` ```sh ```` blocks run as one ``bash -e`` script; ```` ```python ```` blocks
   run as a script. Exported variables carry from one block to the next.
 - A block that cannot run here is marked just above it with ``<!-- docs-test: skip: why -->`` (installs,
-  a GPU, another host); a page whose server needs flags says so once, anywhere in the page, with
-  ``<!-- docs-test: server: --flag value -->``. Other fences (toml, text, diagrams) are not code to run.
+  a GPU, another host). ``<!-- docs-test: server -->`` marks the page's ``cogserve serve ...`` line:
+  the server starts there, with those flags (and the free port), after the blocks before it ran; a
+  page without one gets a plain ``cogserve serve`` before its first block. Other fences (toml, text,
+  diagrams) are not code to run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 RUNNABLE = {"console", "bash", "sh", "python"}
 SKIP = re.compile(r"<!-- docs-test: skip: (.+?) -->")
-SERVER_FLAGS = re.compile(r"<!-- docs-test: server: (.+?) -->")
+SERVER = "<!-- docs-test: server -->"
 PORT = "127.0.0.1:8000"
 
 
@@ -46,6 +49,7 @@ class Block:
     language: str
     text: str
     skip: str | None
+    server: bool  # the page's `cogserve serve` line
 
 
 def blocks(page: Path) -> list[Block]:
@@ -62,7 +66,9 @@ def blocks(page: Path) -> list[Block]:
         before = next((lines[i] for i in range(start - 1, -1, -1) if lines[i].strip()), "")
         skip = SKIP.search(before)
         text = "\n".join(line[indent:] for line in lines[start + 1 : end])
-        found.append(Block(page.name, start + 1, match.group(2), text, skip and skip.group(1)))
+        found.append(
+            Block(page.name, start + 1, match.group(2), text, skip and skip.group(1), SERVER in before)
+        )
         index = end + 1
     return found
 
@@ -156,12 +162,15 @@ def check_shown(shown: str, printed: str, where: str) -> None:
         assert set(expected) <= set(actual), f"{where}: the page shows {first}\nthe server said {printed}"
 
 
-def start(folder: Path, models_dir: Path, flags: str) -> tuple[subprocess.Popen[bytes], int]:
+def start(folder: Path, models_dir: Path, command: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The page's ``cogserve serve ...`` line, run in the reader's folder on a free port."""
+    words = shlex.split(command, comments=True)
+    assert words[:2] == ["cogserve", "serve"], command
     port = free_port()
     log = folder.parent / "server.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [COGSERVE, "serve", "--port", str(port), *flags.split()],
+            [COGSERVE, "serve", *words[2:], "--port", str(port)],
             cwd=folder,
             env=cli_env(models_dir),
             stdout=sink,
@@ -201,13 +210,16 @@ def test_the_examples_run_as_printed(page: Path, tmp_path: Path, models_dir: Pat
         pytest.skip(f"{page.name} has no example to run")
     folder = tmp_path / "reader"
     folder.mkdir()
-    flags = SERVER_FLAGS.search(page.read_text(encoding="utf-8"))
-    process, port = start(folder, models_dir, flags.group(1) if flags else "")
+    servers = [block for block in todo if block.server]
+    assert len(servers) <= 1, f"{page.name}: one server per page"
+    process, port = (None, free_port()) if servers else start(folder, models_dir, "cogserve serve")
     reader = Reader(folder, models_dir, port)
     try:
         for block in todo:
             where = f"{block.page}:{block.line}"
-            if block.language == "python":
+            if block.server:
+                process, reader.port = start(folder, models_dir, block.text)
+            elif block.language == "python":
                 reader.python(block.text, where)
             elif block.language == "console":
                 for command in console_commands(block.text):
@@ -215,4 +227,5 @@ def test_the_examples_run_as_printed(page: Path, tmp_path: Path, models_dir: Pat
             else:
                 reader.shell(block.text, where)
     finally:
-        stop_server(process)
+        if process is not None:
+            stop_server(process)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 import signal
@@ -15,7 +16,8 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
-from tests.helpers import IMAGES, png_size
+from tests.helpers import IMAGES, pixels, png_size
+from tests.lora_helpers import make
 
 pytestmark = [
     pytest.mark.slow,
@@ -26,7 +28,15 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def ray_server(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[Server]:
     data_dir = tmp_path_factory.mktemp("ray") / "data"
-    env = {"COGSERVE_MODEL__HD_STEPS": "12", "COGSERVE_SCHEDULER__MAX_BATCH_SIZE": "1"}
+    loras = data_dir.parent / "loras"
+    if importlib.util.find_spec("peft") is not None:
+        make(models_dir, loras / "ink", seed=1)  # every replica reads the same folder
+    loras.mkdir(exist_ok=True)
+    env = {
+        "COGSERVE_MODEL__HD_STEPS": "12",
+        "COGSERVE_SCHEDULER__MAX_BATCH_SIZE": "1",
+        "COGSERVE_LORA__DIR": str(loras),
+    }
     server = start_server(data_dir, models_dir, "--ray", "--replicas", "2", timeout=240, env=env)
     yield server
     assert stop_server(server.process) == 0, server.log.read_text()[-3000:]
@@ -57,6 +67,23 @@ def test_both_replicas_take_work_under_concurrent_load(ray_server: Server) -> No
     seen = replicas(ray_server)
     assert len(seen) == 2, seen
     assert all(replica["images"] > 0 for replica in seen.values()), seen
+
+
+def test_loras_cross_to_the_replicas_and_apply_there(ray_server: Server) -> None:
+    pytest.importorskip("peft")
+    body = {"seed": 3, "response_format": "b64_json", "watermark_enabled": False}
+
+    def picture(**extra: Any) -> Any:
+        response = post(ray_server, 0, **body, **extra)
+        assert response.status_code == 200, response.text
+        return pixels(base64.b64decode(response.json()["data"][0]["b64_json"])).astype(int)
+
+    inked = picture(loras=[{"name": "ink", "scale": 1.0}])
+    assert abs(inked - picture()).max() > 20
+    # Whichever replica takes it (the second call may land on the other one), the same picture.
+    assert (inked == picture(loras=[{"name": "ink", "scale": 1.0}])).all()
+    unknown = post(ray_server, 0, loras=[{"name": "oil"}])
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "1211"
 
 
 def test_an_over_long_prompt_is_counted_by_a_replica_and_refused(ray_server: Server) -> None:

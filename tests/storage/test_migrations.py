@@ -333,6 +333,38 @@ def test_rows_survive_through_the_app_after_upgrading_the_first_release(database
         store.close()
 
 
+def test_keys_of_earlier_releases_keep_every_adapter_after_0005(database_url: str) -> None:
+    """0005 adds api_keys.loras: NULL for existing keys, so they may still use any adapter."""
+    engine = create_engine(database_url, poolclass=NullPool)
+    make_release(engine, "0003")
+    engine.dispose()
+    store = MetadataStore(database_url)
+    try:
+        store.create_schema()
+        from cogserve.storage.accounts import AccountStore, ApiKeyRow
+
+        accounts = AccountStore(store.engine)
+        old = accounts.get_key("key-1")
+        assert old is not None and old.loras is None and old.api_key().loras is None
+        accounts.add_key(
+            ApiKeyRow(
+                id="key-2",
+                name="ink only",
+                sealed_secret=b"x",
+                created_at=1.0,
+                revoked_at=None,
+                rpm_limit=None,
+                concurrency_limit=None,
+                allow_no_watermark=False,
+                loras='["ink"]',
+            )
+        )
+        limited = accounts.get_key("key-2")
+        assert limited is not None and limited.api_key().loras == ("ink",)
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("start", [None, "0001", "0003"])
 def test_upgrading_twice_changes_nothing(engine: Engine, start: str | None) -> None:
     if start is not None:

@@ -20,6 +20,7 @@ from cogserve.api.openapi import install_openapi
 from cogserve.api.paths import ASYNC_PATH
 from cogserve.auth import DatabaseLimiter
 from cogserve.engine import Engine, create_engine
+from cogserve.engine.lora import LoraRegistry
 from cogserve.engine.scheduler import ImageScheduler, Scheduler
 from cogserve.errors import CogserveError
 from cogserve.metrics import Metrics
@@ -45,6 +46,10 @@ def create_app(
     the in-process one (Ray: model replicas elsewhere, with ``engine`` standing for them)."""
     engine = engine or create_engine(settings)
     metrics = Metrics()
+    loras = LoraRegistry.from_settings(settings.lora)
+    if loras is not None:
+        loras.listener = metrics.lora_event
+        engine.attach_loras(loras)
     device = _device_hint(settings)
     metadata = MetadataStore(settings.database_url)
     # Limits live in the database, so every process on it (Ray ingresses, hosts behind a balancer)
@@ -54,7 +59,15 @@ def create_app(
     scheduler = scheduler or Scheduler(engine, settings.scheduler, device=device, on_batch=metrics.batch)
     files = create_image_store(settings)
     service = ImageService(
-        settings, scheduler, files, metadata, access, Safety.from_settings(settings), metrics, engine=engine
+        settings,
+        scheduler,
+        files,
+        metadata,
+        access,
+        Safety.from_settings(settings),
+        metrics,
+        engine=engine,
+        loras=loras,
     )
     job_service = JobService(
         settings,

@@ -6,6 +6,7 @@ pointing ``base_url`` at ``<server>/v1``. Errors on these paths use OpenAI's env
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path
@@ -28,6 +29,7 @@ from cogserve.api.openai_protocol import (
     OpenAIImagesResponse,
     OpenAIModel,
     OpenAIModelList,
+    adapter_model,
     unknown_model,
 )
 from cogserve.api.openapi import KEY_SECURITY, error_responses, json_body
@@ -55,7 +57,8 @@ router = APIRouter(tags=["OpenAI-compatible"])
 async def create_images(request: Request) -> JSONResponse:
     async with audited_call(request, OPENAI_IMAGES_PATH) as call:
         body = await read_body(request, OpenAIImageRequest)
-        images = body.to_requests(call.ctx.settings.model, request.state.request_id)
+        adapters = await asyncio.to_thread(call.ctx.service.lora_names) if body.model else []
+        images = body.to_requests(call.ctx.settings.model, request.state.request_id, adapters)
         call.note.user_id = body.user_id
         stored = await unless_disconnected(request, call.ctx.service.generate(images, call.key, call.note))
     response = OpenAIImagesResponse(
@@ -69,20 +72,28 @@ async def create_images(request: Request) -> JSONResponse:
 @router.get(
     OPENAI_MODELS_PATH,
     response_model=OpenAIModelList,
+    response_model_exclude_none=True,
     responses=_errors(401, 500),
-    summary="List the model codes (OpenAI models API)",
-    description="Every code a request may send as `model`; all are served by the loaded pipeline.",
+    summary="List the model codes and LoRA adapters (OpenAI models API)",
+    description="Every code a request may send as `model`; all are served by the loaded pipeline. Then the "
+    "LoRA adapters served (a `model`, or an entry of `loras`), each with `parent` = the model code it "
+    "applies to and its details under `lora`.",
     openapi_extra=KEY_SECURITY,
 )
 async def list_models(request: Request) -> OpenAIModelList:
     ctx = context(request)
     await caller(request)
-    return OpenAIModelList(data=[OpenAIModel(id=code) for code in ctx.settings.model.codes])
+    codes = ctx.settings.model.codes
+    adapters = [] if ctx.service.loras is None else await asyncio.to_thread(ctx.service.loras.adapters)
+    return OpenAIModelList(
+        data=[*(OpenAIModel(id=code) for code in codes), *(adapter_model(a, codes[0]) for a in adapters)]
+    )
 
 
 @router.get(
     f"{OPENAI_MODELS_PATH}/{{model}}",
     response_model=OpenAIModel,
+    response_model_exclude_none=True,
     responses=_errors(401, 404, 500),
     summary="Describe one model code (OpenAI models API)",
     openapi_extra=KEY_SECURITY,
@@ -92,6 +103,9 @@ async def get_model(
 ) -> OpenAIModel:
     ctx = context(request)
     await caller(request)
-    if model not in ctx.settings.model.codes:
+    if model in ctx.settings.model.codes:
+        return OpenAIModel(id=model)
+    adapter = None if ctx.service.loras is None else await asyncio.to_thread(ctx.service.loras.get, model)
+    if adapter is None:
         raise unknown_model(model, ctx.settings.model)
-    return OpenAIModel(id=model)
+    return adapter_model(adapter, ctx.settings.model.codes[0])

@@ -7,6 +7,7 @@ settings in one place. ``openai_error`` renders cogserve's error tree in OpenAI'
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 from typing import Literal
 
@@ -14,17 +15,23 @@ from pydantic import BaseModel, Field, field_validator
 
 from cogserve.api.protocol import (
     CLOSED,
+    LORAS_DESCRIPTION,
+    MAX_LORAS,
     MAX_SEED,
     NO_NUL_PATTERN,
     PROMPT_PATTERN,
     SIZE_SYNTAX,
     ImageData,
     ImageGenerationRequest,
+    LoraSpec,
     WireRequest,
+    distinct_loras,
     no_nul,
     prompt_rules,
 )
+from cogserve.engine.lora import AdapterInfo
 from cogserve.errors import (
+    AdapterForbidden,
     AuthError,
     BodyTooLarge,
     CogserveError,
@@ -37,6 +44,7 @@ from cogserve.errors import (
     QueueFull,
     RequestTimeout,
     ServiceUnavailable,
+    UnknownAdapter,
     UnknownModel,
     UserBlocked,
 )
@@ -58,7 +66,8 @@ class OpenAIImageRequest(WireRequest):
 
     model: str | None = Field(
         None,
-        description="Model code, one of GET /v1/models (absent, null or empty: the first, cogview-4).",
+        description="Model code, one of GET /v1/models (absent, null or empty: the first, cogview-4). A LoRA "
+        "adapter listed there may be named too: the served model with that adapter at scale 1.",
         json_schema_extra={"pattern": NO_NUL_PATTERN},
     )
     prompt: str = Field(
@@ -113,10 +122,17 @@ class OpenAIImageRequest(WireRequest):
         "rewrite comes back as each image's `revised_prompt`. Absent: the operator's default.",
     )
 
+    loras: list[LoraSpec] | None = Field(None, max_length=MAX_LORAS, description=LORAS_DESCRIPTION)
+
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
         return prompt_rules(value)
+
+    @field_validator("loras")
+    @classmethod
+    def _distinct_loras(cls, value: list[LoraSpec] | None) -> list[LoraSpec] | None:
+        return distinct_loras(value)
 
     @field_validator("model", "user", "safety_identifier")
     @classmethod
@@ -138,11 +154,21 @@ class OpenAIImageRequest(WireRequest):
     def user_id(self) -> str | None:
         return self.safety_identifier or self.user
 
-    def to_requests(self, settings: ModelSettings, request_id: str) -> list[ImageRequest]:
+    def to_requests(
+        self, settings: ModelSettings, request_id: str, adapters: Collection[str] = ()
+    ) -> list[ImageRequest]:
         """One service request per image: the BigModel conversion (model check, prompt length, steps, seed),
-        then seed+i for image i."""
+        then seed+i for image i. ``adapters``: the LoRA adapters served, which ``model`` may name."""
+        model, loras = self.model or settings.codes[0], list(self.loras or ())
+        if model not in settings.codes and model in adapters:
+            if any(lora.name == model for lora in loras):
+                raise InvalidField("loras", f"'{model}' is already the model; name it only once")
+            if len(loras) >= MAX_LORAS:
+                raise InvalidField("loras", f"at most {MAX_LORAS} adapters, the model's included")
+            model, loras = settings.codes[0], [LoraSpec.model_construct(name=model, scale=1.0), *loras]
         base = ImageGenerationRequest.model_construct(
-            model=self.model or settings.codes[0],
+            model=model,
+            loras=loras,
             prompt=self.prompt,
             quality="hd" if self.quality in _HD_LEVELS else "standard",
             size=self.size,
@@ -173,13 +199,45 @@ class OpenAIImagesResponse(BaseModel):
     data: list[ImageData] = Field(description="The generated images, n of them, in seed order.")
 
 
+class LoraDetails(BaseModel):
+    model_config = CLOSED
+
+    rank: int = Field(description="The adapter's rank (r).")
+    alpha: float = Field(description="Its lora_alpha; a scale of 1 applies alpha/rank times its product.")
+    size_bytes: int = Field(description="Size of its weights file.")
+    targets: list[str] = Field(description="Kinds of layer it changes, e.g. attn1.to_q.")
+    format: Literal["peft", "diffusers"] = Field(description="peft (CogKit's layout) or diffusers.")
+
+
 class OpenAIModel(BaseModel):
     model_config = CLOSED
 
-    id: str = Field(description="The model code to send as `model`.")
+    id: str = Field(description="The model code (or LoRA adapter name) to send as `model`.")
     object: Literal["model"] = Field("model", description="Always 'model'.")
-    created: int = Field(MODEL_CREATED, description="Unix time of the model's release.")
+    created: int = Field(
+        MODEL_CREATED, description="Unix time of the model's release (an adapter's: its file's)."
+    )
     owned_by: str = Field("cogserve", description="Always 'cogserve'.")
+    parent: str | None = Field(
+        None, description="A LoRA adapter's: the model code it applies to (OpenAI's fine-tune convention)."
+    )
+    lora: LoraDetails | None = Field(None, description="cogserve extension: a LoRA adapter's details.")
+
+
+def adapter_model(adapter: AdapterInfo, parent: str) -> OpenAIModel:
+    """A LoRA adapter as a /v1/models entry: a fine-tune of ``parent``, OpenAI's way."""
+    return OpenAIModel(
+        id=adapter.name,
+        created=max(0, adapter.stamp[0] // 10**9),  # the weights' mtime
+        parent=parent,
+        lora=LoraDetails(
+            rank=adapter.rank,
+            alpha=adapter.alpha,
+            size_bytes=adapter.size_bytes,
+            targets=list(adapter.targets),
+            format=adapter.format,
+        ),
+    )
 
 
 class OpenAIModelList(BaseModel):
@@ -209,6 +267,8 @@ class OpenAIErrorEnvelope(BaseModel):
 # First match wins, so subclasses come before their parents.
 _KINDS: tuple[tuple[type[CogserveError], str, str | None], ...] = (
     (UnknownModel, "invalid_request_error", "model_not_found"),
+    (UnknownAdapter, "invalid_request_error", "adapter_not_found"),
+    (AdapterForbidden, "permission_error", "adapter_not_allowed"),
     (MissingField, "invalid_request_error", "missing_required_parameter"),
     (InvalidField, "invalid_request_error", "invalid_value"),
     (PromptTooLong, "invalid_request_error", "string_above_max_length"),
@@ -231,6 +291,8 @@ def openai_error(error: CogserveError) -> tuple[int, OpenAIErrorEnvelope]:
 
         error                          status  type                   code
         UnknownModel                   404     invalid_request_error  model_not_found       (param model)
+        UnknownAdapter                 400     invalid_request_error  adapter_not_found     (param loras)
+        AdapterForbidden               403     permission_error       adapter_not_allowed   (param loras)
         MissingField                   400     invalid_request_error  missing_required_parameter (param)
         InvalidField                   400     invalid_request_error  invalid_value         (param)
         PromptTooLong                  400     invalid_request_error  string_above_max_length (param prompt)
@@ -254,6 +316,8 @@ def openai_error(error: CogserveError) -> tuple[int, OpenAIErrorEnvelope]:
         param = error.field
     elif isinstance(error, UnknownModel):
         param = "model"
+    elif isinstance(error, UnknownAdapter | AdapterForbidden):
+        param = "loras"
     elif isinstance(error, PromptTooLong):
         param = "prompt"
     body = OpenAIErrorBody(message=error.message, type=kind[0], param=param, code=kind[1])

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cogserve.engine import GenerationParams
+from cogserve.engine.lora import NAME_PATTERN
 from cogserve.errors import CogserveError, InvalidField, MissingField, PromptTooLong, UnknownModel
 from cogserve.service import ImageRequest
 from cogserve.service.sizes import DEFAULT_SIZE, RECOMMENDED_SIZES, Size
@@ -80,6 +81,46 @@ class WireRequest(BaseModel):
         if isinstance(data, dict):
             return {key: value for key, value in data.items() if value is not None}
         return data
+
+
+#: Most adapters one request may combine, and the scales each may take (negative: the opposite way).
+MAX_LORAS = 4
+MIN_LORA_SCALE, MAX_LORA_SCALE = -2.0, 2.0
+
+
+class LoraSpec(WireRequest):
+    """One LoRA adapter of a request."""
+
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="The adapter's name, as GET /v1/models lists it (letters, digits, _ and -; not a path).",
+    )
+    scale: float = Field(
+        1.0,
+        ge=MIN_LORA_SCALE,
+        le=MAX_LORA_SCALE,
+        description=f"How strongly it applies, {MIN_LORA_SCALE:g}..{MAX_LORA_SCALE:g}: 1 as trained, 0 off, "
+        "negative the opposite way.",
+    )
+
+
+LORAS_DESCRIPTION = (
+    f"cogserve extension: up to {MAX_LORAS} LoRA adapters of the server's (GET /v1/models lists them, "
+    "with parent = the served model), each with a scale; their effects add up. Requests batch only with "
+    "the same adapters and scales. An unknown name is refused (400/1211) with the names served; a key "
+    "limited to other adapters gets 403/1220."
+)
+
+
+def lora_pairs(loras: list[LoraSpec] | None) -> tuple[tuple[str, float], ...]:
+    return tuple((lora.name, float(lora.scale)) for lora in loras or ())
+
+
+def distinct_loras(value: list[LoraSpec] | None) -> list[LoraSpec] | None:
+    names = [lora.name for lora in value or ()]
+    if len(set(names)) != len(names):
+        raise ValueError("an adapter may be named only once")
+    return value
 
 
 class ImageGenerationRequest(WireRequest):
@@ -152,10 +193,17 @@ class ImageGenerationRequest(WireRequest):
         "default. If the enhancer fails, the prompt is used as sent and X-Prompt-Enhancement says why.",
     )
 
+    loras: list[LoraSpec] | None = Field(None, max_length=MAX_LORAS, description=LORAS_DESCRIPTION)
+
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
         return prompt_rules(value)
+
+    @field_validator("loras")
+    @classmethod
+    def _distinct_loras(cls, value: list[LoraSpec] | None) -> list[LoraSpec] | None:
+        return distinct_loras(value)
 
     @field_validator("model", "user_id", "user", "style")
     @classmethod
@@ -197,6 +245,7 @@ class ImageGenerationRequest(WireRequest):
                 steps=steps,
                 guidance_scale=settings.guidance_scale,
                 seed=seed,
+                loras=lora_pairs(self.loras),
             ),
             user_id=self.user_id,
             user=self.user,

@@ -21,3 +21,5 @@ class ApiKey:
     rpm_limit: int | None
     concurrency_limit: int | None
     allow_no_watermark: bool
+    #: The LoRA adapters requests with this key may use; None: any the server serves.
+    loras: tuple[str, ...] | None = None

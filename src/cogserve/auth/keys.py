@@ -7,13 +7,16 @@ Neither part may contain a dot: the SDKs split the key on "." and expect exactly
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from cogserve.auth.crypto import SecretBox
 from cogserve.auth.identity import ApiKey
+from cogserve.engine.lora import NAME_PATTERN, valid_name
 from cogserve.errors import InvalidField
 
 if TYPE_CHECKING:
@@ -39,11 +42,17 @@ class ApiKeys:
         rpm_limit: int | None = None,
         concurrency_limit: int | None = None,
         allow_no_watermark: bool = False,
+        loras: Sequence[str] | None = None,
     ) -> tuple[ApiKey, str]:
         """Make and store a key; returns it and the full ``<id>.<secret>`` string, shown only now.
 
         A limit of None means the server's default applies; 0 means unlimited for this key.
+        ``loras``: the only LoRA adapters the key may use (None: any; empty: none).
         """
+        if loras is not None:
+            bad = [name for name in loras if not valid_name(name)]
+            if bad:
+                raise InvalidField("loras", f"'{bad[0]}' is not an adapter name ({NAME_PATTERN})")
         if len(name) > 128:
             raise InvalidField("name", "at most 128 characters")
         for field, limit in (("rpm_limit", rpm_limit), ("concurrency_limit", concurrency_limit)):
@@ -63,6 +72,7 @@ class ApiKeys:
             rpm_limit=rpm_limit,
             concurrency_limit=concurrency_limit,
             allow_no_watermark=allow_no_watermark,
+            loras=None if loras is None else json.dumps(sorted(set(loras))),
         )
         self._store.add_key(row)
         return row.api_key(), f"{key_id}.{secret}"

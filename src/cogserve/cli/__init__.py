@@ -5,7 +5,8 @@ variable, then to the default in ``settings.py``.
 
 - ``options``: the options commands share (storage, model) and Settings built from them;
 - ``serve``, ``generate``, ``enhance``, ``watermark`` (``verify-watermark``), ``accounts`` (``keys``,
-  ``users``, ``usage``), ``db`` (``db upgrade``, ``db current``, ``gc``): one module per command or group;
+  ``users``, ``usage``), ``db`` (``db upgrade``, ``db current``, ``gc``), ``loras`` (``loras list``,
+  ``loras make-test``): one module per command or group;
 - ``remote``: the HTTP client behind ``generate --server``.
 """
 
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 
 from cogserve import __version__
-from cogserve.cli import accounts, db, enhance, generate, serve, watermark
+from cogserve.cli import accounts, db, enhance, generate, loras, serve, watermark
 
 app = typer.Typer(
     help="Self-hosted CogView-4 image generation (BigModel-compatible API).\n\n"
@@ -49,6 +50,7 @@ app.command("usage")(accounts.usage)
 app.add_typer(accounts.keys_app, name="keys")
 app.add_typer(accounts.users_app, name="users")
 app.add_typer(db.db_app, name="db")
+app.add_typer(loras.loras_app, name="loras")
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from cogserve.cli.options import (
     open_database,
     storage_flags,
 )
+from cogserve.errors import InvalidField
 from cogserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -67,6 +68,14 @@ def keys_create(
     allow_no_watermark: Annotated[
         bool, typer.Option("--allow-no-watermark", help="Let this key send watermark_enabled=false")
     ] = False,
+    loras: Annotated[
+        str | None,
+        typer.Option(
+            "--loras",
+            help="Comma-separated LoRA adapters this key may use, e.g. ink,watercolor (others: 403); "
+            "unset: any the server serves",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     create: Create = False,
@@ -77,9 +86,17 @@ def keys_create(
 
     with _accounts(data_dir, database_url, create) as (settings, store):
         keys = ApiKeys(store, SecretBox(server_key(settings)))
-        key, full = keys.create(
-            name, rpm_limit=rpm, concurrency_limit=concurrency, allow_no_watermark=allow_no_watermark
-        )
+        allowed = None if loras is None else [part.strip() for part in loras.split(",") if part.strip()]
+        try:
+            key, full = keys.create(
+                name,
+                rpm_limit=rpm,
+                concurrency_limit=concurrency,
+                allow_no_watermark=allow_no_watermark,
+                loras=allowed,
+            )
+        except InvalidField as exc:
+            fail(exc.message)
     typer.echo(full)
     typer.secho(
         f"created key {key.id} ({name or 'no name'}); store it now, it is not shown again",
@@ -98,7 +115,9 @@ def keys_list(data_dir: DataDir = None, database_url: DatabaseUrl = None) -> Non
         typer.echo(
             f"{row.id:<24}  {row.name[:16]:<16}  {_when(row.created_at):<20}  {_when(row.revoked_at):<20}  "
             f"{_limit(row.rpm_limit)} / {_limit(row.concurrency_limit)}"
-            f"{' (may disable watermark)' if row.allow_no_watermark else ''}  {_when(row.last_used_at)}"
+            f"{' (may disable watermark)' if row.allow_no_watermark else ''}"
+            f"{'' if row.loras is None else ' (loras: ' + ', '.join(row.loras) + ')'}"
+            f"  {_when(row.last_used_at)}"
         )
 
 

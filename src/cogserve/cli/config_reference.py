@@ -44,6 +44,7 @@ _AREAS = {
     "safety": "Moderation and watermarks.",
     "enhancer": "Prompt enhancement: see [prompt-enhancement.md](prompt-enhancement.md).",
     "storage": "Where images and metadata live.",
+    "lora": "Per-request LoRA adapters: see [lora.md](lora.md).",
 }
 
 

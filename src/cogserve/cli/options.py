@@ -35,6 +35,7 @@ JOBS_PANEL = "Jobs"
 SCALE_OUT_PANEL = "Scale-out"
 SERVER_PANEL = "Server"
 ENHANCER_PANEL = "Prompt enhancement"
+LORA_PANEL = "LoRA"
 
 
 def default_of(setting: str, unset: str = "unset") -> str:
@@ -162,6 +163,36 @@ DType = Annotated[
         rich_help_panel=MODEL_PANEL,
         show_default=default_of("model.dtype"),
         help="auto | bf16 | fp32 [COGSERVE_MODEL__DTYPE]",
+    ),
+]
+
+# LoRA adapters: serve and `loras list`.
+LoraDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--lora-dir",
+        rich_help_panel=LORA_PANEL,
+        show_default=default_of("lora.dir", "no adapters"),
+        help="Folder of LoRA adapters (PEFT/CogKit or diffusers), one per sub-folder or .safetensors file, "
+        "named by it; rescanned live (extra: lora) [COGSERVE_LORA__DIR]",
+    ),
+]
+MaxLoadedLoras = Annotated[
+    int | None,
+    typer.Option(
+        "--max-loaded-loras",
+        rich_help_panel=LORA_PANEL,
+        show_default=default_of("lora.max_loaded"),
+        help="Adapters kept loaded; the least recently used goes beyond it [COGSERVE_LORA__MAX_LOADED]",
+    ),
+]
+MaxLoraRank = Annotated[
+    int | None,
+    typer.Option(
+        "--max-lora-rank",
+        rich_help_panel=LORA_PANEL,
+        show_default=default_of("lora.max_rank"),
+        help="Adapters of a higher rank are refused [COGSERVE_LORA__MAX_RANK]",
     ),
 ]
 

@@ -30,6 +30,9 @@ from cogserve.cli.options import (
     EnhancerTimeout,
     EnhancerUrl,
     ImageStore,
+    LoraDir,
+    MaxLoadedLoras,
+    MaxLoraRank,
     ModelPath,
     PresignedUrls,
     S3EndpointUrl,
@@ -221,6 +224,9 @@ def serve(
             "[COGSERVE_SERVER__CORS_ALLOW_ORIGINS]",
         ),
     ] = None,
+    lora_dir: LoraDir = None,
+    max_loaded_loras: MaxLoadedLoras = None,
+    max_lora_rank: MaxLoraRank = None,
     enhancer_url: EnhancerUrl = None,
     enhancer_model: EnhancerModel = None,
     enhancer_timeout: EnhancerTimeout = None,
@@ -263,6 +269,7 @@ def serve(
     from cogserve.api import create_app
     from cogserve.api.connection import header_deadline_protocol
     from cogserve.engine.loader import preflight
+    from cogserve.engine.lora import LoraRegistry
     from cogserve.service.sizes import check_warmup_sizes
 
     settings = build_settings(
@@ -292,6 +299,7 @@ def serve(
             "max_batch_wait_ms": max_batch_wait_ms,
             "request_timeout_s": request_timeout,
         },
+        lora={"dir": lora_dir, "max_loaded": max_loaded_loras, "max_rank": max_lora_rank},
         jobs={"timeout_s": job_timeout, "webhook_allow": webhook_allow},
         auth={"require_auth": require_auth},
         safety={"moderation_policy": moderation_policy, "image_checker": image_checker},
@@ -309,6 +317,7 @@ def serve(
     try:
         preflight(settings.model)
         check_warmup_sizes(settings.model.warmup_sizes)
+        LoraRegistry.from_settings(settings.lora)  # peft installed, the folder there
     except CogserveError as exc:
         fail(exc.message)
     if ray:

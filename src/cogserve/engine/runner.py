@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cogserve.engine.adapters import ResidentAdapters
 from cogserve.engine.loader import load_pipeline, resolve_device
+from cogserve.engine.lora import LoraRegistry, linear_shapes
 from cogserve.engine.prompt_tokens import MAX_PROMPT_TOKENS, count_prompt_tokens
 from cogserve.engine.types import BatchItem, GenerationOutput, GenerationParams, ModelInfo, generate_one
 from cogserve.errors import ConfigError, GenerationFailed, Interrupted, OutOfMemory
@@ -32,6 +34,21 @@ class PipelineEngine:
         self._info: ModelInfo | None = None
         self._native_pixels: int | None = None  # the model draws this small; the engine enlarges
         self._lock = threading.Lock()
+        self._adapters: ResidentAdapters | None = None
+        self._shapes: dict[str, tuple[int, int]] = {}
+
+    def attach_loras(self, registry: LoraRegistry) -> None:
+        with self._lock:
+            if self._adapters is not None and self._pipe is not None:
+                self._adapters.unload_all(self._pipe.transformer)  # a new app on a shared engine (tests)
+            self._adapters = ResidentAdapters(registry)
+        if self._pipe is not None:
+            registry.bind(self._shapes)
+
+    @property
+    def loaded_loras(self) -> list[str]:
+        """The adapters resident in the transformer now, least recently used first."""
+        return [] if self._adapters is None else self._adapters.loaded
 
     @property
     def info(self) -> ModelInfo:
@@ -50,6 +67,10 @@ class PipelineEngine:
             device=device,
             dtype=str(self._pipe.transformer.dtype).removeprefix("torch."),
         )
+        # Taken before any adapter is loaded: PEFT wraps the layers it changes.
+        self._shapes = linear_shapes(self._pipe.transformer)
+        if self._adapters is not None:
+            self._adapters.registry.bind(self._shapes)
 
     def count_prompt_tokens(self, prompt: str) -> int:
         if self._pipe is None:
@@ -72,7 +93,9 @@ class PipelineEngine:
             return []
         first = items[0].params
         if any(item.params.batch_key != first.batch_key for item in items):
-            raise ValueError("a batch must share width, height, steps and guidance")
+            raise ValueError("a batch must share width, height, steps, guidance and LoRA adapters")
+        if first.loras and self._adapters is None:
+            raise GenerationFailed("LoRA adapters were asked for but none are served (no lora dir)")
 
         def step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             if all(item.should_stop() for item in items):
@@ -93,10 +116,27 @@ class PipelineEngine:
             shape = (1, self._pipe.transformer.config.in_channels, drawn[1] // 8, drawn[0] // 8)
             noise = [torch.randn(shape, generator=generator) for generator in generators]
             latents = torch.cat(noise).to(self._pipe.transformer.dtype)
-        started = time.perf_counter()
-        with self._lock, torch.inference_mode():
+        with self._lock:
+            if self._adapters is not None:
+                # Every call sets its own adapter set (or none): nothing carries over between calls.
+                # Outside inference_mode: loading makes parameters, which must stay normal tensors.
+                self._adapters.activate(self._pipe.transformer, first.loras)
+            started = time.perf_counter()  # an adapter's load is reported on its own, not as step time
+            result = self._run(items, generators, latents, step_end)
+        images = [enlarge(image, first.width, first.height) for image in result.images]
+        elapsed = time.perf_counter() - started
+        return [
+            GenerationOutput(image=image, seed=item.params.seed, elapsed_s=elapsed, batch_size=len(items))
+            for item, image in zip(items, images, strict=True)
+        ]
+
+    def _run(self, items: Sequence[BatchItem], generators: list[Any], latents: Any, step_end: Any) -> Any:
+        import torch
+
+        first = items[0].params
+        with torch.inference_mode():
             try:
-                result = self._pipe(
+                return self._pipe(
                     prompt=[item.params.prompt for item in items],
                     width=first.width,
                     height=first.height,
@@ -116,12 +156,6 @@ class PipelineEngine:
                 ) from exc
             except Exception as exc:
                 raise GenerationFailed(f"image generation failed: {type(exc).__name__}: {exc}") from exc
-        images = [enlarge(image, first.width, first.height) for image in result.images]
-        elapsed = time.perf_counter() - started
-        return [
-            GenerationOutput(image=image, seed=item.params.seed, elapsed_s=elapsed, batch_size=len(items))
-            for item, image in zip(items, images, strict=True)
-        ]
 
 
 def native_size(width: int, height: int, native_pixels: int | None) -> tuple[int, int]:

@@ -4,8 +4,9 @@
   request admitted before it is queued (moderation first; an async job's task) holds its place
   with ``reserve``, taken in the same step as the check, so concurrent admissions cannot all pass
   the check and then overfill the queue.
-- The oldest waiting request always goes next (no batch key starves); requests sharing its
-  ``batch_key`` ride along, up to ``max_batch_size``, each with its own seed.
+- The oldest waiting request always goes next (no batch key starves, so neither does a rarely used
+  LoRA adapter); requests sharing its ``batch_key`` (size, steps, guidance, and the same LoRA
+  adapters at the same scales) ride along, up to ``max_batch_size``, each with its own seed.
 - A request waits up to ``max_batch_wait_ms`` for company, but only while other requests are in
   flight: a lone client never waits for company that is not coming.
 - Deadlines and cancellation share one path: the waiter gives up (timeout, or its task is

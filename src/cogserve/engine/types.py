@@ -11,11 +11,15 @@ from cogserve.engine.prompt_tokens import MAX_PROMPT_TOKENS
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from cogserve.engine.lora import LoraRegistry
+
 #: Called after each denoising step with (steps done, total steps).
 ProgressCallback = Callable[[int, int], None]
 
-#: Images that may share one pipeline call: (width, height, steps, guidance_scale).
-BatchKey = tuple[int, int, int, float]
+#: LoRA adapters of an image: (name, scale) pairs, sorted by name.
+Loras = tuple[tuple[str, float], ...]
+#: Images that may share one pipeline call: (width, height, steps, guidance_scale, loras).
+BatchKey = tuple[int, int, int, float, Loras]
 
 
 @dataclass(frozen=True)
@@ -26,10 +30,17 @@ class GenerationParams:
     steps: int
     guidance_scale: float
     seed: int
+    #: The adapters and their scales; one pipeline call runs one set, so it is part of the batch key.
+    loras: Loras = ()
+
+    def __post_init__(self) -> None:
+        # Sorted, so the same set in another order batches together; tuples, because params cross to
+        # Ray replicas as a dict (``asdict``) and come back through this constructor.
+        object.__setattr__(self, "loras", tuple(sorted((str(n), float(s)) for n, s in self.loras)))
 
     @property
     def batch_key(self) -> BatchKey:
-        return (self.width, self.height, self.steps, self.guidance_scale)
+        return (self.width, self.height, self.steps, self.guidance_scale, self.loras)
 
 
 @dataclass(frozen=True)
@@ -84,6 +95,9 @@ class Engine(Protocol):
 
     def load(self) -> None:
         """Load weights (blocking); raises ``ConfigError`` when that is impossible."""
+
+    def attach_loras(self, registry: LoraRegistry) -> None:
+        """Serve the adapters of ``registry`` (checked against this model's layers once loaded)."""
 
     def warmup(self) -> None:
         """Generate each configured warm-up bucket once, so no request pays one-off costs."""

@@ -20,6 +20,7 @@ from PIL import Image
 
 from cogserve import errors
 from cogserve.engine import BatchItem, GenerationOutput, GenerationParams, ModelInfo, ProgressEvent
+from cogserve.engine.lora import LoraRegistry
 from cogserve.engine.scheduler import BatchReport, HeldPlaces, ProgressListener, Reservation, SchedulerStats
 from cogserve.errors import CogserveError, GenerationFailed, QueueFull, ServiceUnavailable
 from cogserve.settings import Settings
@@ -187,6 +188,11 @@ class RemoteEngine:
     @property
     def info(self) -> ModelInfo:
         return self._info or ModelInfo(name="(replicas starting)", builtin=False, device="ray", dtype="-")
+
+    def attach_loras(self, registry: LoraRegistry) -> None:
+        # The ingress checks names and files only (it has no model); each replica loads and checks
+        # the adapters against its own transformer (``ModelReplica``).
+        pass
 
     def load(self) -> None:
         # Blocking (the app calls it in a thread): the first replica answers once loaded and warm.

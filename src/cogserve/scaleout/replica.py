@@ -21,6 +21,7 @@ import numpy as np
 
 from cogserve.engine import GenerationParams, ProgressEvent, create_engine
 from cogserve.engine.loader import resolve_device
+from cogserve.engine.lora import LoraRegistry
 from cogserve.engine.scheduler import Scheduler
 from cogserve.errors import CogserveError
 from cogserve.settings import Settings
@@ -35,6 +36,10 @@ class ModelReplica:
     def __init__(self, settings: Settings) -> None:
         # Load and warm before returning: Ray sends no traffic to a replica still in __init__.
         self._engine = create_engine(settings)
+        # Each replica serves the adapters of the (shared) LoRA folder itself, checked against its model.
+        loras = LoraRegistry.from_settings(settings.lora)
+        if loras is not None:
+            self._engine.attach_loras(loras)
         self._engine.load()
         if settings.model.warmup:
             self._engine.warmup()

@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cogserve.auth import ApiKey
 from cogserve.engine import Engine, GenerationParams
+from cogserve.engine.lora import LoraRegistry
 from cogserve.engine.prompt_tokens import check_prompt_tokens
 from cogserve.engine.scheduler import ImageScheduler, ProgressListener, Reservation
 from cogserve.errors import (
+    AdapterForbidden,
     ContentBlocked,
     InvalidField,
     NotFound,
     PromptTooLong,
     ServiceUnavailable,
     StorageError,
+    UnknownAdapter,
 )
 from cogserve.metrics import Metrics
 from cogserve.safety import ImageChecker, Policy, Watermarker, create_image_checker, encode_png, load_policy
@@ -113,8 +116,12 @@ class ImageService:
         safety: Safety,
         metrics: Metrics | None = None,
         engine: Engine | None = None,
+        loras: LoraRegistry | None = None,
     ) -> None:
         self._settings = settings
+        #: The LoRA adapters served (None: started without a LoRA folder).
+        self.loras = loras
+        self._prefetching: set[asyncio.Future[None]] = set()  # held, so the tasks are not collected
         # Counts prompts in the served model's tokens; None (tests of the service alone) skips that.
         self._engine = engine
         self._metrics = metrics or Metrics()
@@ -245,6 +252,7 @@ class ImageService:
         limits and in the queue until the block ends. Yields whether its images get watermarks, and
         the queue places for ``produce``."""
         self.check_ready()
+        await self.check_loras(request, key)
         await self.check_prompt_tokens(request.params.prompt)
         watermark = self._watermark_wanted(request, key)
         async with self._access.admitted(key, request.user_id):
@@ -253,6 +261,39 @@ class ImageService:
                 yield watermark, places
             finally:
                 places.release()
+
+    def lora_names(self) -> list[str]:
+        """The adapters served now (a rescan of the folder)."""
+        return [] if self.loras is None else self.loras.names()
+
+    async def check_loras(self, request: ImageRequest, key: ApiKey | None) -> None:
+        """UnknownAdapter for an adapter not served, AdapterForbidden for one the key may not use."""
+        wanted = [name for name, _ in request.params.loras]
+        if not wanted:
+            return
+        if self.loras is None:
+            raise UnknownAdapter("this server serves no LoRA adapters (it was started without a LoRA folder)")
+        # Off the loop: a rescan stats the folder and reads the headers of new or changed adapters.
+        names = await asyncio.to_thread(self.lora_names)
+        for name in wanted:
+            if name not in names:
+                raise UnknownAdapter(
+                    f"LoRA adapter '{name}' does not exist; available: {', '.join(names) or 'none'}"
+                )
+        if key is not None and key.loras is not None:
+            for name in wanted:
+                if name not in key.loras:
+                    raise AdapterForbidden(
+                        f"this API key may not use LoRA adapter '{name}'; it may use: "
+                        f"{', '.join(key.loras) or 'none'}"
+                    )
+        for name in wanted:
+            self._metrics.lora_request(name)
+        if self.loras.bound and not self.loras.resident.issuperset(wanted):
+            # Read from disk now, on a thread, while the request waits its turn; not awaited.
+            task = asyncio.ensure_future(asyncio.to_thread(self.loras.prefetch, wanted))
+            self._prefetching.add(task)
+            task.add_done_callback(self._prefetching.discard)
 
     def check_ready(self) -> None:
         if not self.ready:

@@ -8,6 +8,7 @@ reads back as auth's ``ApiKey`` (``ApiKeyRow.api_key``).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -47,6 +48,8 @@ class ApiKeyRow(Base):
     concurrency_limit: Mapped[int | None] = mapped_column(Integer)
     # Whether requests with this key may turn the watermark off (watermark_enabled=false).
     allow_no_watermark: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The LoRA adapters this key may use, a JSON list of names; None: any the server serves.
+    loras: Mapped[str | None] = mapped_column(Text, default=None)
 
     def api_key(self) -> ApiKey:
         """The key as requests see it: everything but the sealed secret."""
@@ -58,6 +61,7 @@ class ApiKeyRow(Base):
             rpm_limit=self.rpm_limit,
             concurrency_limit=self.concurrency_limit,
             allow_no_watermark=self.allow_no_watermark,
+            loras=None if self.loras is None else tuple(json.loads(self.loras)),
         )
 
 

@@ -55,9 +55,9 @@ def ensure_dev_chain(directory: Path, organization: str = "cogserve") -> tuple[P
     return chain, key, True
 
 
-def make_dev_chain(organization: str = "cogserve") -> tuple[bytes, bytes]:
-    """PEM of (signing certificate + CA certificate, signing key as PKCS#8)."""
-    now = dt.datetime.now(dt.UTC)
+def make_dev_chain(organization: str = "cogserve", *, now: dt.datetime | None = None) -> tuple[bytes, bytes]:
+    """PEM of (signing certificate + CA certificate, signing key as PKCS#8), valid from ``now``."""
+    now = now or dt.datetime.now(dt.UTC)
     start = now - dt.timedelta(minutes=5)  # tolerate a reader's clock a little behind ours
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name(f"{organization} development CA (untrusted)", organization)

@@ -30,7 +30,7 @@ from cogserve.errors import (
 )
 from cogserve.metrics import Metrics
 from cogserve.safety import ImageChecker, Policy, Watermarker, create_image_checker, encode_png, load_policy
-from cogserve.safety.credentials import CredentialSigner, signer_from_settings
+from cogserve.safety.credentials import Credentials, CredentialSigner, read_credentials, signer_from_settings
 from cogserve.service.access import AccessControl, AuditNote
 from cogserve.service.enhancer import Enhancement, PromptEnhancer
 from cogserve.settings import Settings
@@ -419,6 +419,13 @@ class ImageService:
             raise NotFound("image not found")
         return opened, row.expires_at
 
+    async def credentials(self, image_id: str) -> Credentials | None:
+        """The Content Credentials of a live image as c2pa reads and validates them (None: it has
+        none); NotFound as ``image_file``. No trust anchors: the answer says what any reader would."""
+        opened, _ = await self.image_file(image_id)
+        data = await asyncio.to_thread(_read_all, opened)
+        return await asyncio.to_thread(read_credentials, data)
+
     def image_url(self, image_id: str, expires_at: float, base_url: str) -> str:
         """The link a response gives for a stored image.
 
@@ -450,6 +457,16 @@ class ImageService:
             except Exception:
                 log.exception("sweep failed; retrying in %.0f s", self._settings.storage.sweep_interval_s)
             await asyncio.sleep(self._settings.storage.sweep_interval_s)
+
+
+def _read_all(opened: ImageObject) -> bytes:
+    if opened.path is not None:
+        try:
+            return opened.path.read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read image {opened.path.name}") from exc
+    assert opened.chunks is not None
+    return b"".join(opened.chunks)
 
 
 def _row_for(

@@ -10,6 +10,7 @@ import typer
 
 from cogserve.cli.options import (
     AUTH_PANEL,
+    CREDENTIALS_PANEL,
     ENGINE_PANEL,
     EXIT_FAILED,
     JOBS_PANEL,
@@ -188,6 +189,57 @@ def serve(
             help="none | nudenet [COGSERVE_SAFETY__IMAGE_CHECKER]",
         ),
     ] = None,
+    content_credentials: Annotated[
+        bool | None,
+        typer.Option(
+            "--content-credentials/--no-content-credentials",
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.enabled"),
+            help="Sign a C2PA manifest into every image [COGSERVE_CREDENTIALS__ENABLED]",
+        ),
+    ] = None,
+    c2pa_cert_chain: Annotated[
+        Path | None,
+        typer.Option(
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.cert_chain", "a development chain in --data-dir"),
+            help="PEM chain, signing certificate first [COGSERVE_CREDENTIALS__CERT_CHAIN]",
+        ),
+    ] = None,
+    c2pa_private_key: Annotated[
+        Path | None,
+        typer.Option(
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.private_key"),
+            help="PEM private key of the signing certificate [COGSERVE_CREDENTIALS__PRIVATE_KEY]",
+        ),
+    ] = None,
+    c2pa_timestamp_url: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.timestamp_url", "no timestamp"),
+            help="RFC 3161 timestamp authority URL [COGSERVE_CREDENTIALS__TIMESTAMP_URL]",
+        ),
+    ] = None,
+    c2pa_include_prompt: Annotated[
+        bool | None,
+        typer.Option(
+            "--c2pa-include-prompt/--no-c2pa-include-prompt",
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.include_prompt"),
+            help="Put the prompt in the manifest [COGSERVE_CREDENTIALS__INCLUDE_PROMPT]",
+        ),
+    ] = None,
+    c2pa_include_user_id: Annotated[
+        bool | None,
+        typer.Option(
+            "--c2pa-include-user-id/--no-c2pa-include-user-id",
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.include_user_id"),
+            help="Put the request's user_id in the manifest [COGSERVE_CREDENTIALS__INCLUDE_USER_ID]",
+        ),
+    ] = None,
     job_timeout: Annotated[
         float | None,
         typer.Option(
@@ -295,6 +347,14 @@ def serve(
         jobs={"timeout_s": job_timeout, "webhook_allow": webhook_allow},
         auth={"require_auth": require_auth},
         safety={"moderation_policy": moderation_policy, "image_checker": image_checker},
+        credentials={
+            "enabled": content_credentials,
+            "cert_chain": c2pa_cert_chain,
+            "private_key": c2pa_private_key,
+            "timestamp_url": c2pa_timestamp_url,
+            "include_prompt": c2pa_include_prompt,
+            "include_user_id": c2pa_include_user_id,
+        },
         storage=storage_flags(data_dir, database_url, image_store, s3_endpoint_url, presigned_urls),
         enhancer=enhancer_flags(
             enhancer_url,
@@ -325,7 +385,8 @@ def serve(
         server.should_exit = True  # bound below, before the model can fail to load
 
     try:
-        # Builds what start-up can check: moderation policy, label font, server key, database URL.
+        # Builds what start-up can check: moderation policy, label font, signing certificate, server key,
+        # database URL.
         asgi_app = create_app(settings, on_fatal=on_fatal)
     except CogserveError as exc:
         fail(exc.message)

@@ -225,8 +225,10 @@ def read_credentials(data: bytes, trust_anchors: bytes | None = None) -> Credent
             reader = c2pa.Reader(None, stream, None, context)
             with reader:
                 store = json.loads(reader.json())
-    except c2pa.C2paError.ManifestNotFound:
+    except (c2pa.C2paError.ManifestNotFound, c2pa.C2paError.NotSupported):
         return None
+    except c2pa.C2paError as exc:  # a manifest is there but cannot be read: as good as forged
+        return Credentials(state="Invalid", failures=[str(exc)], signature_valid=False, binding_valid=False)
     return _credentials(store)
 
 

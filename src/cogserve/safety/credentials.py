@@ -164,10 +164,21 @@ def signer_from_settings(
     if not enabled:
         return None
     if cert_chain is not None and private_key is not None:
-        return CredentialSigner.from_files(
+        signer = CredentialSigner.from_files(
             cert_chain, private_key, timestamp_url=timestamp_url, server_name=server_name
         )
-    return CredentialSigner.development_chain(dev_dir, timestamp_url=timestamp_url, server_name=server_name)
+    else:
+        signer = CredentialSigner.development_chain(
+            dev_dir, timestamp_url=timestamp_url, server_name=server_name
+        )
+    cert = signer.certificate
+    log.info(
+        "Content Credentials: signing as %s, certificate valid until %s UTC%s",
+        cert.subject.rfc4514_string(),
+        f"{cert.not_valid_after_utc:%Y-%m-%d}",
+        f", timestamps from {timestamp_url}" if timestamp_url else "",
+    )
+    return signer
 
 
 @dataclass(frozen=True)

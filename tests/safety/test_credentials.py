@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cogserve.errors import ConfigError
+from cogserve.errors import CogserveError, ConfigError
 from cogserve.safety.credentials import (
     TRAINED_ALGORITHMIC_MEDIA,
     CredentialSigner,
@@ -169,3 +170,22 @@ def test_settings_want_both_files_or_neither(tmp_path: Path) -> None:
         Settings(credentials={"cert_chain": tmp_path / "chain.pem"})
     with pytest.raises(ValueError, match="timestamp_url must start with http"):
         Settings(credentials={"timestamp_url": "timestamp.example"})
+
+
+def test_a_timestamp_authority_is_asked_on_each_signing_and_its_failure_is_an_error(tmp_path: Path) -> None:
+    # Start-up does not contact it (the signer is built); the first image does, and fails loudly
+    # instead of going out without the timestamp the operator asked for.
+    signer = CredentialSigner.development_chain(tmp_path / "credentials", timestamp_url="http://127.0.0.1:1/")
+    with pytest.raises(CogserveError, match=r"could not sign .*127\.0\.0\.1:1"):
+        signer.sign(make_png(16, 16), ID, "m")
+
+
+def test_worker_threads_sign_at_the_same_time(signer: CredentialSigner) -> None:
+    def sign(i: int) -> str:
+        found = read_credentials(signer.sign(make_png(64, 64), f"{ID[:-2]}{i:02d}", "m"))
+        assert found is not None and found.valid
+        return str(found.claims["image_id"])
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(sign, range(24)))
+    assert ids == [f"{ID[:-2]}{i:02d}" for i in range(24)]

@@ -23,12 +23,27 @@ def test_version() -> None:
 def test_serve_help_is_grouped_with_defaults_shown() -> None:
     result = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
     assert result.exit_code == 0, result.output
-    for panel in ("Server", "Model", "Engine", "Storage", "Auth", "Safety", "Jobs", "Scale-out"):
+    panels = (
+        "Server",
+        "Model",
+        "Engine",
+        "Storage",
+        "Auth",
+        "Safety",
+        "Jobs",
+        "Scale-out",
+        "Prompt enhancement",
+    )
+    for panel in panels:
         assert f"─ {panel} ─" in result.stdout, panel
     # Flags default to "unset" (then the environment); help shows what that means in settings.py.
     for default in ("8000", "127.0.0.1", "cogserve-data", "3600.0"):
         assert default in result.stdout, default
     assert max(len(line) for line in result.stdout.splitlines()) <= 80
+    # Nothing is cut to fit: every variable a flag falls back to is printed whole.
+    assert "…" not in result.stdout
+    for env in ("COGSERVE_STORAGE__PRESIGNED_URLS", "COGSERVE_SCHEDULER__MAX_BATCH_WAIT_MS"):
+        assert f"[{env}]" in result.stdout, env
 
 
 def test_account_commands_refuse_to_make_a_new_database(tmp_path: Path) -> None:

@@ -335,7 +335,7 @@ def test_generates_with_live_progress_and_keeps_a_history(page: Any, server: Ser
         _generate(page, "a green triangle at the bottom right, pink background", 768, 512, seed="2024")
         page.get_by_test_id("size").select_option("1024x1024")
         shot = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
-        # 256 colours keep the README's image near 400 kB instead of 1 MB; the page looks the same.
+        # 256 colours keep the docs' image near 400 kB instead of 1 MB; the page looks the same.
         palette = shot.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         palette.save(DOCS_SCREENSHOT, optimize=True)

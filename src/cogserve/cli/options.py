@@ -35,6 +35,7 @@ CREDENTIALS_PANEL = "Content Credentials"
 JOBS_PANEL = "Jobs"
 SCALE_OUT_PANEL = "Scale-out"
 SERVER_PANEL = "Server"
+ENHANCER_PANEL = "Prompt enhancement"
 
 
 def default_of(setting: str, unset: str = "unset") -> str:
@@ -76,7 +77,7 @@ DatabaseUrl = Annotated[
         "--database-url",
         rich_help_panel=STORAGE_PANEL,
         show_default=default_of("storage.database_url", "the SQLite file"),
-        help="Metadata DB as an SQLAlchemy URL, e.g. postgresql+psycopg://user@host:5432/cogserve; "
+        help="Metadata DB as an SQLAlchemy URL, e.g. postgresql+psycopg://host/cogserve; "
         "unset: the SQLite file in --data-dir [COGSERVE_STORAGE__DATABASE_URL]",
     ),
 ]
@@ -110,7 +111,7 @@ Create = Annotated[
 PresignedUrls = Annotated[
     bool | None,
     typer.Option(
-        "--presigned-urls/--no-presigned-urls",
+        "--presigned-urls",
         rich_help_panel=STORAGE_PANEL,
         show_default=default_of("storage.presigned_urls"),
         help="With an s3:// --image-store, link presigned S3 URLs [COGSERVE_STORAGE__PRESIGNED_URLS]",
@@ -140,7 +141,7 @@ Builtin = Annotated[
 AllowDownload = Annotated[
     bool | None,
     typer.Option(
-        "--allow-download/--no-download",
+        "--allow-download",
         rich_help_panel=MODEL_PANEL,
         show_default=default_of("model.allow_download"),
         help="Let a repo id be downloaded [COGSERVE_MODEL__ALLOW_DOWNLOAD]",
@@ -171,26 +172,45 @@ EnhancerUrl = Annotated[
     str | None,
     typer.Option(
         "--enhancer-url",
+        rich_help_panel=ENHANCER_PANEL,
+        show_default=default_of("enhancer.url", "off"),
         help="OpenAI-compatible API base that rewrites prompts, e.g. https://open.bigmodel.cn/api/paas/v4 "
         "(key: COGSERVE_ENHANCER__API_KEY); unset: no enhancement [COGSERVE_ENHANCER__URL]",
     ),
 ]
 EnhancerModel = Annotated[
     str | None,
-    typer.Option("--enhancer-model", help="Chat model, e.g. glm-4-flash [COGSERVE_ENHANCER__MODEL]"),
+    typer.Option(
+        "--enhancer-model",
+        rich_help_panel=ENHANCER_PANEL,
+        show_default=default_of("enhancer.model"),
+        help="Chat model [COGSERVE_ENHANCER__MODEL]",
+    ),
 ]
 EnhancerTimeout = Annotated[
     float | None,
-    typer.Option("--enhancer-timeout", help="Seconds, retries included [COGSERVE_ENHANCER__TIMEOUT_S]"),
+    typer.Option(
+        "--enhancer-timeout",
+        rich_help_panel=ENHANCER_PANEL,
+        show_default=default_of("enhancer.timeout_s"),
+        help="Seconds, retries included [COGSERVE_ENHANCER__TIMEOUT_S]",
+    ),
 ]
 EnhancerRetries = Annotated[
     int | None,
-    typer.Option("--enhancer-retries", help="Retries after a failure [COGSERVE_ENHANCER__RETRIES]"),
+    typer.Option(
+        "--enhancer-retries",
+        rich_help_panel=ENHANCER_PANEL,
+        show_default=default_of("enhancer.retries"),
+        help="Retries after a failure [COGSERVE_ENHANCER__RETRIES]",
+    ),
 ]
 EnhancerMode = Annotated[
     str | None,
     typer.Option(
         "--enhancer-mode",
+        rich_help_panel=ENHANCER_PANEL,
+        show_default=default_of("enhancer.mode"),
         help="Default when a request does not send enhance_prompt: auto (short prompts) | always | never "
         "[COGSERVE_ENHANCER__MODE]",
     ),
@@ -199,8 +219,9 @@ EnhancerPromptFile = Annotated[
     Path | None,
     typer.Option(
         "--enhancer-prompt-file",
-        help="TOML system prompt and few-shot examples; unset: the shipped one "
-        "[COGSERVE_ENHANCER__PROMPT_FILE]",
+        rich_help_panel=ENHANCER_PANEL,
+        show_default=default_of("enhancer.prompt_file", "the shipped one"),
+        help="TOML system prompt and few-shot examples [COGSERVE_ENHANCER__PROMPT_FILE]",
     ),
 ]
 

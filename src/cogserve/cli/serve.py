@@ -54,7 +54,7 @@ Offload = Annotated[
 VaeTiling = Annotated[
     bool | None,
     typer.Option(
-        "--vae-tiling/--no-vae-tiling",
+        "--vae-tiling",
         rich_help_panel=ENGINE_PANEL,
         show_default=default_of("model.vae_tiling"),
         help="Tiled VAE decode [COGSERVE_MODEL__VAE_TILING]",
@@ -71,7 +71,7 @@ TextEncoderQuant = Annotated[
 Compile = Annotated[
     bool | None,
     typer.Option(
-        "--compile/--no-compile",
+        "--compile",
         rich_help_panel=ENGINE_PANEL,
         show_default=default_of("model.compile"),
         help="torch.compile the transformer [COGSERVE_MODEL__COMPILE]",
@@ -166,7 +166,7 @@ def serve(
     require_auth: Annotated[
         bool | None,
         typer.Option(
-            "--require-auth/--no-require-auth",
+            "--require-auth",
             rich_help_panel=AUTH_PANEL,
             show_default=default_of("auth.require_auth", "on once a key exists"),
             help="Refuse keyless requests even before a key exists (the first key turns auth on "

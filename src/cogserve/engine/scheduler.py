@@ -108,6 +108,24 @@ class Reservation:
         self._give_back(count)
 
 
+class HeldPlaces:
+    """Places promised to admitted requests that are not queued yet, counted against the room both
+    schedulers have: ``reserve`` checks the room (``check_room`` raises QueueFull) and takes the
+    places in one step, with no await between, so concurrent admissions cannot all pass."""
+
+    def __init__(self, check_room: Callable[[int], None]) -> None:
+        self.count = 0
+        self._check_room = check_room
+
+    def reserve(self, count: int) -> Reservation:
+        self._check_room(count)
+        self.count += count
+        return Reservation(count, self._give_back)
+
+    def _give_back(self, count: int) -> None:
+        self.count -= count
+
+
 class ImageScheduler(Protocol):
     """What the service needs of a scheduler: this module's ``Scheduler`` in one process, or
     ``cogserve.scaleout.remote.RemoteScheduler`` in front of model replicas on Ray."""
@@ -152,7 +170,7 @@ class Scheduler:
         self._settings = settings
         self._max_batch = batch_size_for(settings, device)
         self._queue: list[_Request] = []
-        self._reserved = 0  # places held by admitted requests not yet queued
+        self._held = HeldPlaces(self._check_room)
         self._running: list[_Request] = []
         self._wakeup = asyncio.Event()
         self._listeners: list[ProgressListener] = []
@@ -243,15 +261,10 @@ class Scheduler:
 
     def reserve(self, count: int) -> Reservation:
         """Hold ``count`` places in the queue, or raise QueueFull; checked and taken in one step."""
-        self._check_room(count)
-        self._reserved += count
-        return Reservation(count, self._unreserve)
-
-    def _unreserve(self, count: int) -> None:
-        self._reserved -= count
+        return self._held.reserve(count)
 
     def _check_room(self, count: int) -> None:
-        if len(self._queue) + self._reserved + count > self._settings.max_queue:
+        if len(self._queue) + self._held.count + count > self._settings.max_queue:
             raise QueueFull(
                 f"the queue is full ({self._settings.max_queue} requests waiting); retry shortly",
                 headers={"Retry-After": str(self._retry_after_s())},

@@ -20,7 +20,7 @@ from PIL import Image
 
 from cogserve import errors
 from cogserve.engine import BatchItem, GenerationOutput, GenerationParams, ModelInfo, ProgressEvent
-from cogserve.engine.scheduler import BatchReport, ProgressListener, Reservation, SchedulerStats
+from cogserve.engine.scheduler import BatchReport, HeldPlaces, ProgressListener, Reservation, SchedulerStats
 from cogserve.errors import CogserveError, GenerationFailed, QueueFull, ServiceUnavailable
 from cogserve.settings import Settings
 
@@ -41,7 +41,7 @@ class RemoteScheduler:
         # Place in the queue of the replica that holds the request, as that replica last reported it.
         self._positions: dict[str, int] = {}
         self._running: set[str] = set()
-        self._reserved = 0  # places held by admitted requests not yet sent
+        self._held = HeldPlaces(self._check_room)  # admitted requests not yet sent
         self._done = 0
         self._replicas: dict[str, dict[str, int]] = {}
         self._on_batch = on_batch
@@ -64,15 +64,10 @@ class RemoteScheduler:
 
     def reserve(self, count: int) -> Reservation:
         """Hold ``count`` places among those in flight, or raise QueueFull (one step, on the loop)."""
-        self._check_room(count)
-        self._reserved += count
-        return Reservation(count, self._unreserve)
-
-    def _unreserve(self, count: int) -> None:
-        self._reserved -= count
+        return self._held.reserve(count)
 
     def _check_room(self, count: int) -> None:
-        if len(self._waiting) + len(self._running) + self._reserved + count > self._capacity:
+        if len(self._waiting) + len(self._running) + self._held.count + count > self._capacity:
             raise QueueFull(
                 f"all model replicas are full ({self._capacity} requests in flight); retry shortly",
                 headers={"Retry-After": "5"},

@@ -364,7 +364,9 @@ class CredentialsSettings(BaseModel):
         "<data_dir>/credentials on first start.",
     )
     private_key: Path | None = Field(
-        None, description="PEM private key (PKCS#8, P-256 or Ed25519) of the chain's first certificate."
+        None,
+        description="Unencrypted PEM private key of the chain's first certificate (EC P-256/384/521, "
+        "Ed25519, or RSA for PS256).",
     )
     timestamp_url: str | None = Field(
         None,

@@ -189,43 +189,45 @@ def serve(
             help="none | nudenet [COGSERVE_SAFETY__IMAGE_CHECKER]",
         ),
     ] = None,
-    content_credentials: Annotated[
-        bool | None,
+    no_c2pa: Annotated[
+        bool,
         typer.Option(
-            "--content-credentials/--no-content-credentials",
+            "--no-c2pa",
             rich_help_panel=CREDENTIALS_PANEL,
-            show_default=default_of("credentials.enabled"),
-            help="Sign a C2PA manifest into every image [COGSERVE_CREDENTIALS__ENABLED]",
+            help="Sign no C2PA manifest (Content Credentials) into images; the variable: false "
+            "[COGSERVE_CREDENTIALS__ENABLED]",
         ),
-    ] = None,
+    ] = False,
     c2pa_cert_chain: Annotated[
         Path | None,
         typer.Option(
             rich_help_panel=CREDENTIALS_PANEL,
-            show_default=default_of("credentials.cert_chain", "a development chain in --data-dir"),
+            show_default=default_of("credentials.cert_chain", "a dev chain in --data-dir"),
             help="PEM chain, signing certificate first [COGSERVE_CREDENTIALS__CERT_CHAIN]",
         ),
     ] = None,
     c2pa_private_key: Annotated[
         Path | None,
         typer.Option(
+            "--c2pa-key",
             rich_help_panel=CREDENTIALS_PANEL,
             show_default=default_of("credentials.private_key"),
-            help="PEM private key of the signing certificate [COGSERVE_CREDENTIALS__PRIVATE_KEY]",
+            help="PEM key of the signing certificate [COGSERVE_CREDENTIALS__PRIVATE_KEY]",
         ),
     ] = None,
     c2pa_timestamp_url: Annotated[
         str | None,
         typer.Option(
+            "--c2pa-tsa-url",
             rich_help_panel=CREDENTIALS_PANEL,
             show_default=default_of("credentials.timestamp_url", "no timestamp"),
-            help="RFC 3161 timestamp authority URL [COGSERVE_CREDENTIALS__TIMESTAMP_URL]",
+            help="RFC 3161 timestamp authority [COGSERVE_CREDENTIALS__TIMESTAMP_URL]",
         ),
     ] = None,
     c2pa_include_prompt: Annotated[
         bool | None,
         typer.Option(
-            "--c2pa-include-prompt/--no-c2pa-include-prompt",
+            "--c2pa-prompt",
             rich_help_panel=CREDENTIALS_PANEL,
             show_default=default_of("credentials.include_prompt"),
             help="Put the prompt in the manifest [COGSERVE_CREDENTIALS__INCLUDE_PROMPT]",
@@ -234,10 +236,10 @@ def serve(
     c2pa_include_user_id: Annotated[
         bool | None,
         typer.Option(
-            "--c2pa-include-user-id/--no-c2pa-include-user-id",
+            "--c2pa-user-id",
             rich_help_panel=CREDENTIALS_PANEL,
             show_default=default_of("credentials.include_user_id"),
-            help="Put the request's user_id in the manifest [COGSERVE_CREDENTIALS__INCLUDE_USER_ID]",
+            help="Put the user_id in the manifest [COGSERVE_CREDENTIALS__INCLUDE_USER_ID]",
         ),
     ] = None,
     job_timeout: Annotated[
@@ -348,7 +350,7 @@ def serve(
         auth={"require_auth": require_auth},
         safety={"moderation_policy": moderation_policy, "image_checker": image_checker},
         credentials={
-            "enabled": content_credentials,
+            "enabled": False if no_c2pa else None,
             "cert_chain": c2pa_cert_chain,
             "private_key": c2pa_private_key,
             "timestamp_url": c2pa_timestamp_url,

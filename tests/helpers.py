@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,29 @@ def make_png(width: int, height: int, color: tuple[int, int, int] = (200, 40, 40
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def change_one_pixel(png: bytes) -> bytes:
+    """``png`` (8-bit RGB) with one pixel's red value changed and every other chunk (a C2PA manifest
+    included) kept as it was, in place: the image data is re-deflated unfiltered, its CRC recomputed."""
+    chunks: list[tuple[bytes, bytes]] = []
+    at = 8
+    while at < len(png):
+        length = int.from_bytes(png[at : at + 4], "big")
+        chunks.append((png[at + 4 : at + 8], png[at + 8 : at + 8 + length]))
+        at += 12 + length
+    rgb = np.array(Image.open(io.BytesIO(png)).convert("RGB"))
+    rgb[0, 0, 0] ^= 0x01
+    raw = b"".join(b"\x00" + row.tobytes() for row in rgb)  # filter type 0 (None) on every row
+    out = bytearray(png[:8])
+    idat_written = False
+    for kind, data in chunks:
+        if kind == b"IDAT":
+            if idat_written:
+                continue
+            data, idat_written = zlib.compress(raw), True
+        out += len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    return bytes(out)
 
 
 def fetch_png(client: TestClient, url: str) -> bytes:

@@ -370,6 +370,54 @@ class SafetySettings(BaseModel):
     )
 
 
+class CredentialsSettings(BaseModel):
+    """Content Credentials: a C2PA manifest, signed with the operator's certificate, in every image."""
+
+    enabled: bool = Field(
+        True,
+        description="Sign a C2PA manifest into every generated PNG (a request with "
+        "watermark_enabled=false gets none).",
+    )
+    cert_chain: Path | None = Field(
+        None,
+        description="PEM certificate chain: the signing (end-entity) certificate first, then its "
+        "issuers. Unset (with private_key unset too): a self-signed development chain, made in "
+        "<data_dir>/credentials on first start.",
+    )
+    private_key: Path | None = Field(
+        None,
+        description="Unencrypted PEM private key of the chain's first certificate (EC P-256/384/521, "
+        "Ed25519, or RSA for PS256).",
+    )
+    timestamp_url: str | None = Field(
+        None,
+        description="RFC 3161 timestamp authority that countersigns each manifest, e.g. "
+        "http://timestamp.digicert.com (each image then waits for it). Unset: no timestamp.",
+    )
+    include_prompt: bool = Field(False, description="Put the prompt in the manifest (off: privacy).")
+    include_user_id: bool = Field(False, description="Put the request's user_id in the manifest.")
+
+    @field_validator("cert_chain", "private_key", "timestamp_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("timestamp_url")
+    @classmethod
+    def _check_timestamp_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("timestamp_url must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_pair(self) -> CredentialsSettings:
+        if (self.cert_chain is None) != (self.private_key is None):
+            raise ValueError(
+                "set both cert_chain and private_key, or neither (a self-signed development chain)"
+            )
+        return self
+
+
 EnhanceMode = Literal["auto", "always", "never"]
 
 
@@ -513,6 +561,7 @@ class Settings(BaseSettings):
     jobs: JobSettings = Field(default_factory=JobSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    credentials: CredentialsSettings = Field(default_factory=CredentialsSettings)
     enhancer: EnhancerSettings = Field(default_factory=EnhancerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
 
@@ -529,6 +578,11 @@ class Settings(BaseSettings):
     @property
     def server_key_file(self) -> Path:
         return self.auth.server_key_file or self.storage.data_dir / "server.key"
+
+    @property
+    def dev_credentials_dir(self) -> Path:
+        """Where the self-signed development chain is made when no certificate is configured."""
+        return self.storage.data_dir / "credentials"
 
     @property
     def images_dir(self) -> Path:

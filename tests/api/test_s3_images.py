@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, update
 
 from cogserve.errors import StorageError
+from cogserve.safety.credentials import read_credentials
 from cogserve.settings import Settings
 from cogserve.storage import ImageRow, MetadataStore
 from tests.components.s3 import S3Server, free_ports, s3_server  # noqa: F401  (the fixture)
@@ -126,6 +127,27 @@ def test_presigned_url_lives_as_long_as_the_image(
     # An expired image gets the plain link, which answers 404.
     gone = service_of(client).image_url(image_id, time.time() - 1, "http://testserver")
     assert gone == f"http://testserver/files/{image_id}.png"
+
+
+def test_images_in_s3_carry_a_valid_manifest_by_every_path(
+    make_client: Callable[..., TestClient],
+    s3_settings: Callable[..., Settings],
+    s3_server: S3Server,  # noqa: F811
+    bucket: str,
+) -> None:
+    client = make_client(s3_settings(presigned_urls=True))
+    presigned = generate(client).json()["data"][0]["url"]
+    image_id = image_id_of(presigned)
+    fetched = httpx.get(presigned)  # straight from the store
+    assert fetched.status_code == 200, fetched.text
+    stored = s3_server.client().get_object(Bucket=bucket, Key=key_of(image_id))["Body"].read()
+    streamed = client.get(f"/files/{image_id}.png").content  # through the server
+    assert fetched.content == stored == streamed
+    found = read_credentials(stored)
+    assert found is not None and found.valid and found.binding_valid and found.signature_valid
+    assert found.claims["image_id"] == image_id and found.ai_generated
+    answer = client.get(f"/files/{image_id}/credentials").json()  # read back from the S3 object
+    assert answer["present"] and answer["valid"] and answer["claims"]["image_id"] == image_id
 
 
 def test_without_presigning_links_point_at_the_server(

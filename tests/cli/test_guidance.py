@@ -33,6 +33,7 @@ def test_serve_help_is_grouped_with_defaults_shown() -> None:
         "Jobs",
         "Scale-out",
         "Prompt enhancement",
+        "Content Credentials",
     )
     for panel in panels:
         assert f"─ {panel} ─" in result.stdout, panel

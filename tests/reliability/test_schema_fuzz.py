@@ -207,7 +207,7 @@ def test_schema_fuzz_finds_no_5xx_and_no_undocumented_answer(tmp_path: Path, mod
 
 # A body every image route accepts, so only the missing key can be what a 401 is about.
 IMAGE_BODY = {"model": "cogview-4", "prompt": "a red kite over the sea", "size": SMALL_SIZE}
-PATH_VALUES = {"job_id": "job-0123456789abcdef", "model": "cogview-4", "name": "nope.png"}
+PATH_VALUES = {"job_id": "job-0123456789abcdef", "model": "cogview-4", "name": "nope.png", "image_id": "nope"}
 
 
 def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -48,9 +48,11 @@ from tests.helpers import IMAGES, DelegatingEngine, access_of, bearer, settings_
 ASYNC_IMAGES = "/api/paas/v4/async/images/generations"
 BODY = {"model": "cogview-4", "prompt": "a red kite over the sea", "size": "512x512"}
 
-# Routes anyone may call: the playground, health, metrics, docs and image URLs (a capability).
+# Routes anyone may call: the playground, health, metrics, docs and image URLs (a capability), and
+# an image's Content Credentials (the same capability: the manifest is inside the image's bytes).
 PUBLIC_PATHS = re.compile(
-    r"/|/playground/.*|/healthz|/readyz|/metrics|/files/\{name\}|/docs|/redoc|/openapi\.json"
+    r"/|/playground/.*|/healthz|/readyz|/metrics|/files/\{name\}|/files/\{image_id\}/credentials"
+    r"|/docs|/redoc|/openapi\.json"
     r"|/docs/oauth2-redirect"
 )
 

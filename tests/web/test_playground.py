@@ -341,6 +341,28 @@ def test_generates_with_live_progress_and_keeps_a_history(page: Any, server: Ser
         palette.save(DOCS_SCREENSHOT, optimize=True)
 
 
+def test_each_image_shows_its_content_credentials(page: Any, server: Server) -> None:
+    from playwright.sync_api import expect
+
+    _open(page, server)
+    _generate(page, "a blue square on a white background", 512, 512)
+    badge = page.get_by_test_id("credentials")
+    expect(badge).to_be_visible()
+    expect(badge).to_have_attribute("data-state", "valid")  # the development chain: not trusted
+    summary = page.get_by_test_id("credentials-summary")
+    expect(summary).to_have_text("Content Credentials · AI-generated · signer not on a trust list")
+    summary.click()  # the claims fold out
+    claims = page.get_by_test_id("credentials-claims")
+    expect(claims).to_be_visible()
+    src = page.get_by_test_id("result-image").get_attribute("src")
+    image_id = src.rsplit("/", 1)[1].removesuffix(".png")
+    expect(claims.locator("[data-claim=image_id]")).to_have_text(image_id)
+    expect(claims.locator("[data-claim=digital_source_type]")).to_have_text("trainedAlgorithmicMedia")
+    expect(claims.locator("[data-claim=model]")).to_have_text("cogview-4")
+    expect(claims.locator("[data-claim=generator]")).to_contain_text("cogserve")
+    expect(claims.locator("[data-claim=prompt]")).to_have_count(0)  # off unless the operator opts in
+
+
 def test_a_queued_job_shows_its_place_and_can_be_cancelled(page: Any, server: Server) -> None:
     from playwright.sync_api import expect
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cogserve import __version__
-from cogserve.api import bigmodel, jobs, openai, ops, web
+from cogserve.api import bigmodel, credentials, jobs, openai, ops, web
 from cogserve.api.dependencies import AppContext
 from cogserve.api.errors import install_error_handlers
 from cogserve.api.middleware import RequestContextMiddleware
@@ -124,7 +124,7 @@ def create_app(
         jobs=job_service,
         metrics=metrics,
     )
-    for module in (bigmodel, jobs, openai, ops, web):
+    for module in (bigmodel, credentials, jobs, openai, ops, web):
         app.include_router(module.router)
     install_error_handlers(app)
     install_openapi(app, settings)

@@ -11,6 +11,8 @@ RESULT_PATH = "/api/paas/v4/async-result/{job_id}"
 CANCEL_PATH = ASYNC_PATH + "/{job_id}/cancel"
 #: Where a generated image is fetched (its link, unless presigned S3 URLs are on).
 FILES_PATH = "/files/{name}"
+#: cogserve extension: a stored image's Content Credentials (C2PA manifest), read and validated.
+CREDENTIALS_PATH = "/files/{image_id}/credentials"
 
 #: OpenAI's API lives below this prefix; errors there use OpenAI's envelope (api.errors).
 OPENAI_PREFIX = "/v1"

@@ -451,3 +451,27 @@ class Readiness(BaseModel):
     replicas: dict[str, dict[str, int]] | None = Field(
         None, description="With Ray: per model replica, its own counts."
     )
+
+
+class CredentialsAnswer(BaseModel):
+    model_config = CLOSED
+
+    present: bool = Field(description="Whether the image carries a C2PA manifest at all.")
+    state: str | None = Field(
+        None,
+        description="c2pa's verdict: Trusted (valid, signer on the trust list), Valid (signature and "
+        "hash binding check out; signer on no trust list, e.g. a development certificate) or Invalid.",
+    )
+    valid: bool = Field(False, description="Signature and hash binding check out (state Valid or Trusted).")
+    trusted: bool = Field(False, description="The signer chains to a trust anchor the server's reader has.")
+    signature_valid: bool = Field(False, description="The claim signature verifies.")
+    binding_valid: bool = Field(False, description="The hash of the image bytes matches the manifest.")
+    ai_generated: bool = Field(
+        False, description="The manifest says trainedAlgorithmicMedia (made by a trained model)."
+    )
+    failures: list[str] = Field(default_factory=list, description="c2pa's failure codes, if any.")
+    claims: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the manifest says: generator, action, digital_source_type, model, image_id, "
+        "server, signed_by, issuer (prompt and user_id only when the operator puts them in).",
+    )

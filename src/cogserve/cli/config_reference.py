@@ -42,6 +42,8 @@ _AREAS = {
     "jobs": "Async jobs and webhooks.",
     "auth": "API keys and limits.",
     "safety": "Moderation and watermarks.",
+    "credentials": "Content Credentials (a signed C2PA manifest in every image): see "
+    "[content-credentials.md](content-credentials.md).",
     "enhancer": "Prompt enhancement: see [prompt-enhancement.md](prompt-enhancement.md).",
     "storage": "Where images and metadata live.",
     "lora": "Per-request LoRA adapters: see [lora.md](lora.md).",

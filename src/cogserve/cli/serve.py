@@ -10,6 +10,7 @@ import typer
 
 from cogserve.cli.options import (
     AUTH_PANEL,
+    CREDENTIALS_PANEL,
     ENGINE_PANEL,
     EXIT_FAILED,
     JOBS_PANEL,
@@ -191,6 +192,59 @@ def serve(
             help="none | nudenet [COGSERVE_SAFETY__IMAGE_CHECKER]",
         ),
     ] = None,
+    no_c2pa: Annotated[
+        bool,
+        typer.Option(
+            "--no-c2pa",
+            rich_help_panel=CREDENTIALS_PANEL,
+            help="Sign no C2PA manifest (Content Credentials) into images; the variable: false "
+            "[COGSERVE_CREDENTIALS__ENABLED]",
+        ),
+    ] = False,
+    c2pa_cert_chain: Annotated[
+        Path | None,
+        typer.Option(
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.cert_chain", "a dev chain in --data-dir"),
+            help="PEM chain, signing certificate first [COGSERVE_CREDENTIALS__CERT_CHAIN]",
+        ),
+    ] = None,
+    c2pa_private_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--c2pa-key",
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.private_key"),
+            help="PEM key of the signing certificate [COGSERVE_CREDENTIALS__PRIVATE_KEY]",
+        ),
+    ] = None,
+    c2pa_timestamp_url: Annotated[
+        str | None,
+        typer.Option(
+            "--c2pa-tsa-url",
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.timestamp_url", "no timestamp"),
+            help="RFC 3161 timestamp authority [COGSERVE_CREDENTIALS__TIMESTAMP_URL]",
+        ),
+    ] = None,
+    c2pa_include_prompt: Annotated[
+        bool | None,
+        typer.Option(
+            "--c2pa-prompt",
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.include_prompt"),
+            help="Put the prompt in the manifest [COGSERVE_CREDENTIALS__INCLUDE_PROMPT]",
+        ),
+    ] = None,
+    c2pa_include_user_id: Annotated[
+        bool | None,
+        typer.Option(
+            "--c2pa-user-id",
+            rich_help_panel=CREDENTIALS_PANEL,
+            show_default=default_of("credentials.include_user_id"),
+            help="Put the user_id in the manifest [COGSERVE_CREDENTIALS__INCLUDE_USER_ID]",
+        ),
+    ] = None,
     job_timeout: Annotated[
         float | None,
         typer.Option(
@@ -303,6 +357,14 @@ def serve(
         jobs={"timeout_s": job_timeout, "webhook_allow": webhook_allow},
         auth={"require_auth": require_auth},
         safety={"moderation_policy": moderation_policy, "image_checker": image_checker},
+        credentials={
+            "enabled": False if no_c2pa else None,
+            "cert_chain": c2pa_cert_chain,
+            "private_key": c2pa_private_key,
+            "timestamp_url": c2pa_timestamp_url,
+            "include_prompt": c2pa_include_prompt,
+            "include_user_id": c2pa_include_user_id,
+        },
         storage=storage_flags(data_dir, database_url, image_store, s3_endpoint_url, presigned_urls),
         enhancer=enhancer_flags(
             enhancer_url,
@@ -334,7 +396,8 @@ def serve(
         server.should_exit = True  # bound below, before the model can fail to load
 
     try:
-        # Builds what start-up can check: moderation policy, label font, server key, database URL.
+        # Builds what start-up can check: moderation policy, label font, signing certificate, server key,
+        # database URL.
         asgi_app = create_app(settings, on_fatal=on_fatal)
     except CogserveError as exc:
         fail(exc.message)

@@ -33,6 +33,7 @@ from cogserve.errors import (
 )
 from cogserve.metrics import Metrics
 from cogserve.safety import ImageChecker, Policy, Watermarker, create_image_checker, encode_png, load_policy
+from cogserve.safety.credentials import Credentials, CredentialSigner, read_credentials, signer_from_settings
 from cogserve.service.access import AccessControl, AuditNote
 from cogserve.service.enhancer import Enhancement, PromptEnhancer
 from cogserve.settings import Settings
@@ -90,16 +91,26 @@ class Safety:
     policy: Policy
     image_checker: ImageChecker | None
     watermarker: Watermarker
+    #: Signs the Content Credentials manifest, the last change to a marked image's bytes (None: off).
+    signer: CredentialSigner | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Safety:
-        safety = settings.safety
+        safety, credentials = settings.safety, settings.credentials
         return cls(
             policy=load_policy(safety.moderation_policy),
             image_checker=create_image_checker(safety.image_checker),
             watermarker=Watermarker(
                 label_text=safety.watermark_text,
                 font_path=safety.watermark_font,
+                server_name=safety.server_name,
+            ),
+            signer=signer_from_settings(
+                credentials.enabled,
+                credentials.cert_chain,
+                credentials.private_key,
+                credentials.timestamp_url,
+                settings.dev_credentials_dir,
                 server_name=safety.server_name,
             ),
         )
@@ -130,6 +141,7 @@ class ImageService:
         self._policy = safety.policy
         self._image_checker = safety.image_checker
         self._watermarker = safety.watermarker
+        self._signer = safety.signer
         self._files = files
         self._metadata = metadata
         self.enhancer = PromptEnhancer(settings.enhancer, self._metrics, settings.model.max_prompt_chars)
@@ -347,7 +359,7 @@ class ImageService:
             reservation=reservation,
         )
         image_id = new_image_id()
-        png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark)
+        png, image_level = await asyncio.to_thread(self._finish, output.image, image_id, watermark, request)
         content_filter = [{"role": "user", "level": level}]
         if image_level is not None:
             content_filter.append({"role": "assistant", "level": image_level})
@@ -385,8 +397,11 @@ class ImageService:
             "(cogserve keys create --allow-no-watermark)",
         )
 
-    def _finish(self, image: Image, image_id: str, watermark: bool) -> tuple[bytes, int | None]:
-        """Image moderation, then the marks, then PNG bytes; runs off the event loop."""
+    def _finish(
+        self, image: Image, image_id: str, watermark: bool, request: ImageRequest
+    ) -> tuple[bytes, int | None]:
+        """Image moderation, then the marks, then PNG bytes, then the signed manifest; runs off the
+        event loop. Nothing may change the bytes after signing: the manifest hashes them all."""
         image_level = None
         if self._image_checker is not None:
             image_verdict = self._image_checker.check(image)
@@ -398,7 +413,17 @@ class ImageService:
         if not watermark:
             return encode_png(image), image_level
         marked = self._watermarker.apply(image, image_id)
-        return encode_png(marked, self._watermarker.metadata(image_id)), image_level
+        png = encode_png(marked, self._watermarker.metadata(image_id))
+        if self._signer is not None:
+            options = self._settings.credentials
+            png = self._signer.sign(
+                png,
+                image_id,
+                request.model,
+                prompt=request.params.prompt if options.include_prompt else None,
+                user_id=request.user_id if options.include_user_id else None,
+            )
+        return png, image_level
 
     def _store(self, image_id: str, png: bytes, row: ImageRow) -> None:
         # Image first, then the row: a row never points at a missing image (an unreachable store
@@ -435,6 +460,13 @@ class ImageService:
             raise NotFound("image not found")
         return opened, row.expires_at
 
+    async def credentials(self, image_id: str) -> Credentials | None:
+        """The Content Credentials of a live image as c2pa reads and validates them (None: it has
+        none); NotFound as ``image_file``. No trust anchors: the answer says what any reader would."""
+        opened, _ = await self.image_file(image_id)
+        data = await asyncio.to_thread(_read_all, opened)
+        return await asyncio.to_thread(read_credentials, data)
+
     def image_url(self, image_id: str, expires_at: float, base_url: str) -> str:
         """The link a response gives for a stored image.
 
@@ -466,6 +498,16 @@ class ImageService:
             except Exception:
                 log.exception("sweep failed; retrying in %.0f s", self._settings.storage.sweep_interval_s)
             await asyncio.sleep(self._settings.storage.sweep_interval_s)
+
+
+def _read_all(opened: ImageObject) -> bytes:
+    if opened.path is not None:
+        try:
+            return opened.path.read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read image {opened.path.name}") from exc
+    assert opened.chunks is not None
+    return b"".join(opened.chunks)
 
 
 def _row_for(

@@ -6,6 +6,8 @@
   const API = "api/paas/v4";
   const SUBMIT_URL = `${API}/async/images/generations`;
   const ENHANCE_URL = `${API}/images/enhance`;
+  // A stored image's Content Credentials, read and validated by the server (ids are URL-safe).
+  const credentialsUrl = (id) => `files/${encodeURIComponent(id)}/credentials`;
   const resultUrl = (id) => `${API}/async-result/${encodeURIComponent(id)}`;
   const cancelUrl = (id) => `${SUBMIT_URL}/${encodeURIComponent(id)}/cancel`;
   const POLL_MS = 300;
@@ -46,6 +48,9 @@
     resultLink: $("result-link"),
     resultImage: $("result-image"),
     resultCaption: $("result-caption"),
+    credentials: $("credentials"),
+    credentialsSummary: $("credentials-summary"),
+    credentialsClaims: $("credentials-claims"),
     placeholder: $("placeholder"),
     history: $("history"),
     historyEmpty: $("history-empty"),
@@ -257,6 +262,67 @@
     for (const item of ui.history.querySelectorAll("button")) {
       item.setAttribute("aria-pressed", String(item.dataset.url === entry.url));
     }
+    showCredentials(entry.url);
+  }
+
+  // The image id is the link's last path segment without ".png": /files/<id>.png, or a presigned
+  // S3 URL .../<id>.png?X-Amz-...
+  function imageIdOf(url) {
+    const path = new URL(url, document.baseURI).pathname;
+    const name = path.slice(path.lastIndexOf("/") + 1);
+    return name.endsWith(".png") ? name.slice(0, -4) : null;
+  }
+
+  const CLAIM_NAMES = [
+    ["digital_source_type", "Source"],
+    ["generator", "Generator"],
+    ["model", "Model"],
+    ["image_id", "Image id"],
+    ["server", "Server"],
+    ["prompt", "Prompt"],
+    ["user_id", "User id"],
+    ["signed_by", "Signed by"],
+    ["issuer", "Issuer"],
+    ["signed_at", "Timestamp"],
+  ];
+
+  async function showCredentials(url) {
+    ui.credentials.hidden = true;
+    ui.credentials.dataset.url = url;
+    const imageId = imageIdOf(url);
+    if (!imageId) return;
+    let answer;
+    try {
+      answer = await api("GET", credentialsUrl(imageId));
+    } catch {
+      return; // an expired image, or an older server: no badge rather than a wrong one
+    }
+    if (ui.credentials.dataset.url !== url) return; // another image was shown meanwhile
+    let state = "none";
+    let text = "No Content Credentials";
+    if (answer.present && !answer.valid) {
+      state = "invalid";
+      text = "Content Credentials: invalid";
+    } else if (answer.present) {
+      state = answer.trusted ? "trusted" : "valid";
+      const who = answer.trusted ? "trusted signer" : "signer not on a trust list";
+      text = `Content Credentials · ${answer.ai_generated ? "AI-generated" : "signed"} · ${who}`;
+    }
+    ui.credentials.dataset.state = state;
+    ui.credentialsSummary.textContent = text;
+    const rows = [];
+    for (const [key, label] of CLAIM_NAMES) {
+      const value = answer.claims && answer.claims[key];
+      if (!value) continue;
+      const term = document.createElement("dt");
+      term.textContent = label;
+      const detail = document.createElement("dd");
+      detail.textContent = key === "digital_source_type" ? value.slice(value.lastIndexOf("/") + 1) : value;
+      detail.dataset.claim = key;
+      rows.push(term, detail);
+    }
+    ui.credentialsClaims.replaceChildren(...rows);
+    ui.credentials.hidden = false;
   }
 
   function loadImage(url) {

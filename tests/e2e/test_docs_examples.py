@@ -111,7 +111,6 @@ class Reader:
         # commands first on PATH; the tiny model's steps cut so a page runs in seconds.
         self.env = cli_env(models_dir)
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env['PATH']}"
-        self.env["PYTHONPATH"] = str(ROOT)
         self.env.pop("VIRTUAL_ENV", None)
 
     def here(self, text: str) -> str:

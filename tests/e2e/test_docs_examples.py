@@ -154,6 +154,7 @@ def check_shown(shown: str, printed: str, where: str) -> None:
         expected = json.loads(first)
     except ValueError:
         return  # prose, a progress bar, an elided answer: nothing to compare
+    assert printed.strip(), f"{where}: the page shows {first}\nthe command printed nothing"
     actual = json.loads(printed.splitlines()[0])
     if "error" in expected:
         assert actual == expected, f"{where}: the page shows {first}\nthe server said {printed}"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from cogserve.engine.adapters import ResidentAdapters
-from cogserve.engine.builtin import FULL, TINY, Architecture
+from cogserve.engine.builtin import FULL, TINY, Architecture, build_transformer
 from cogserve.engine.lora import LoraRegistry, linear_shapes
 from cogserve.engine.lora_make import random_adapter
 
@@ -21,27 +21,12 @@ pytestmark = [
 
 
 def transformer_of(arch: Architecture, device: str, dtype: torch.dtype) -> Any:
-    from diffusers import CogView4Transformer2DModel
-
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = CogView4Transformer2DModel(
-                patch_size=2,
-                in_channels=16,
-                out_channels=16,
-                num_layers=arch.layers,
-                attention_head_dim=arch.head_dim,
-                num_attention_heads=arch.heads,
-                text_embed_dim=arch.text_hidden,
-                time_embed_dim=arch.time_embed_dim,
-                condition_dim=arch.condition_dim,
-                pos_embed_max_size=128,
-                sample_size=128,
-                rope_axes_dim=(256, 256),
-            )
+            model = build_transformer(arch)
     finally:
         torch.set_default_dtype(previous)
     return model.eval().requires_grad_(False)

@@ -213,9 +213,30 @@ FULL = Architecture(
 )
 
 
+def build_transformer(arch: Architecture) -> Any:
+    """A randomly initialised ``CogView4Transformer2DModel`` of ``arch`` (the built-in models', or the
+    full-size one's for tests), on the current default device and dtype."""
+    from diffusers import CogView4Transformer2DModel
+
+    return CogView4Transformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=arch.layers,
+        attention_head_dim=arch.head_dim,
+        num_attention_heads=arch.heads,
+        text_embed_dim=arch.text_hidden,
+        time_embed_dim=arch.time_embed_dim,
+        condition_dim=arch.condition_dim,
+        pos_embed_max_size=128,
+        sample_size=128,
+        rope_axes_dim=(256, 256),
+    )
+
+
 def build_networks(arch: Architecture, vocab_size: int, pad_id: int) -> tuple[Any, Any, Any]:
     """(text encoder, transformer, VAE) with random weights, in torch's current default dtype/device."""
-    from diffusers import AutoencoderKL, CogView4Transformer2DModel
+    from diffusers import AutoencoderKL
     from transformers import GlmConfig, GlmModel
 
     text_encoder = GlmModel(
@@ -234,20 +255,7 @@ def build_networks(arch: Architecture, vocab_size: int, pad_id: int) -> tuple[An
             eos_token_id=pad_id,
         )
     )
-    transformer = CogView4Transformer2DModel(
-        patch_size=2,
-        in_channels=16,
-        out_channels=16,
-        num_layers=arch.layers,
-        attention_head_dim=arch.head_dim,
-        num_attention_heads=arch.heads,
-        text_embed_dim=arch.text_hidden,
-        time_embed_dim=arch.time_embed_dim,
-        condition_dim=arch.condition_dim,
-        pos_embed_max_size=128,
-        sample_size=128,
-        rope_axes_dim=(256, 256),
-    )
+    transformer = build_transformer(arch)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

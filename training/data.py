@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,10 +156,22 @@ class LatentBank:
     The transformer stage draws its pictures from here (captions are still drawn afresh each time),
     which takes rendering and the VAE encoder out of every step. Pictures are rendered by a pool of
     processes (one per core) and encoded on the VAE's device; the latents stay on that device.
+    ``restyle`` changes each scene before it is drawn (a LoRA adapter's style), while its captions
+    still describe the scene as sampled; such banks are kept in files named ``name``.
     """
 
-    def __init__(self, vae: torch.nn.Module, scale: float, folder: Path, per_bucket: int) -> None:
+    def __init__(
+        self,
+        vae: torch.nn.Module,
+        scale: float,
+        folder: Path,
+        per_bucket: int,
+        *,
+        restyle: Callable[[Scene], Scene] | None = None,
+        name: str = "latents",
+    ) -> None:
         self._vae, self._scale, self._folder, self._per_bucket = vae, scale, folder, per_bucket
+        self._restyle, self._name = restyle, name
         self._device = next(vae.parameters()).device
         self._banks: dict[tuple[int, int], tuple[list[Scene], torch.Tensor]] = {}
 
@@ -167,7 +180,7 @@ class LatentBank:
         if key in self._banks:
             return self._banks[key]
         count = self._per_bucket * batch_size_for(height, width) // BASE_BATCH
-        path = self._folder / f"latents-{height}x{width}-{count}.pt"
+        path = self._folder / f"{self._name}-{height}x{width}-{count}.pt"
         started = time.perf_counter()
         if path.is_file():
             saved = torch.load(path, weights_only=False, map_location="cpu")
@@ -185,7 +198,8 @@ class LatentBank:
     def _encode(self, height: int, width: int, count: int) -> tuple[list[Scene], torch.Tensor]:
         rng = random.Random(f"bank-{height}x{width}")
         scenes = [sample_scene(rng, width / height) for _ in range(count)]
-        jobs = [(scene, width, height) for scene in scenes]
+        drawn = scenes if self._restyle is None else [self._restyle(scene) for scene in scenes]
+        jobs = [(scene, width, height) for scene in drawn]
         chunks, pending = [], []
         # fork: the workers only render (no torch), so inheriting the parent's state is safe and fast.
         with mp.get_context("fork").Pool(os.cpu_count() or 1) as pool, torch.no_grad():

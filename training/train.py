@@ -4,6 +4,7 @@
     python -m training.train --steps 30000        # train the transformer further
     python -m training.train --quick --work /tmp/t --out /tmp/t/model   # a smoke run (seconds)
     python -m training.train --device cuda --batch 256 --bank 16384 --minutes 8   # on a GPU
+    python -m training.train --steps 60000 --lr 2e-4 --minutes 90    # on a CPU, in the background
 
 The work folder keeps one checkpoint per stage (weights, optimizer, EMA, step); every stage resumes
 from its own, and the data stream is a function of the step, so an interrupted run continues exactly.
@@ -90,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
         "--bank", type=int, default=8192, help="scenes per latent bank at 128x128 (others in proportion)"
     )
     parser.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="transformer learning rate (lower it to anneal, or for batches smaller than the GPU's 256)",
+    )
+    parser.add_argument(
         "--minutes", type=float, help="time budget: the transformer checkpoints and stops once it is spent"
     )
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage: a smoke run")
@@ -140,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         args.steps,
         base_batch=4 if args.quick else args.batch,
         bank_size=64 if args.quick else args.bank,
+        lr=args.lr,
         deadline=deadline,
     )
     for network in networks:

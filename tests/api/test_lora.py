@@ -265,4 +265,4 @@ def test_a_lora_dir_without_peft_says_what_to_install(
     from cogserve.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"pip install 'cogserve\[lora\]'"):
-        LoraRegistry.from_settings(make_settings(lora={"dir": tmp_path}).lora)
+        LoraRegistry.from_settings(make_settings(lora={"dir": tmp_path}))

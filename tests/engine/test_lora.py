@@ -14,10 +14,11 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from cogserve.engine.adapters import AdapterUnavailable
+from cogserve.engine.builtin import SHAPES_LORAS
 from cogserve.engine.lora import LoraRegistry, inspect_adapter
 from cogserve.engine.runner import PipelineEngine
 from cogserve.errors import ConfigError
-from cogserve.settings import LoraSettings, ModelSettings
+from cogserve.settings import LoraSettings, ModelSettings, Settings
 from tests.lora_helpers import differ, draw, make
 
 pytest.importorskip("peft")
@@ -198,11 +199,28 @@ def test_bad_adapters_are_refused_with_a_reason_and_skipped(
 
 
 def test_an_adapter_folder_needs_peft_and_must_exist(tmp_path: Path) -> None:
-    assert LoraRegistry.from_settings(LoraSettings()) is None
+    assert LoraRegistry.from_settings(Settings()) is None
     with pytest.raises(ConfigError, match="does not exist"):
-        LoraRegistry.from_settings(LoraSettings(dir=tmp_path / "missing"))
-    registry = LoraRegistry.from_settings(LoraSettings(dir=tmp_path, max_loaded=3))
-    assert registry is not None and registry.max_loaded == 3
+        LoraRegistry.from_settings(Settings(lora=LoraSettings(dir=tmp_path / "missing")))
+    registry = LoraRegistry.from_settings(Settings(lora=LoraSettings(dir=tmp_path, max_loaded=3)))
+    assert registry is not None and registry.max_loaded == 3 and registry.shipped is None
+
+
+def test_the_shapes_model_brings_its_own_adapters_and_the_operators_win_a_name(
+    adapters: Path, tmp_path: Path
+) -> None:
+    shapes = ModelSettings(builtin="shapes")
+    own = LoraRegistry.from_settings(Settings(model=shapes))
+    assert own is not None and own.directory is None and own.shipped == SHAPES_LORAS
+    assert own.names() == ["night"]
+
+    folder = tmp_path / "mine"
+    shutil.copytree(adapters / "ink", folder / "night")
+    shutil.copytree(adapters / "ink", folder / "ink")
+    both = LoraRegistry.from_settings(Settings(model=shapes, lora=LoraSettings(dir=folder)))
+    assert both is not None and both.names() == ["ink", "night"]
+    night = both.get("night")
+    assert night is not None and night.weights.is_relative_to(folder)
 
 
 def test_files_alone_are_checked_where_no_model_is_loaded(adapters: Path) -> None:

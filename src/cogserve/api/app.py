@@ -46,7 +46,7 @@ def create_app(
     the in-process one (Ray: model replicas elsewhere, with ``engine`` standing for them)."""
     engine = engine or create_engine(settings)
     metrics = Metrics()
-    loras = LoraRegistry.from_settings(settings.lora)
+    loras = LoraRegistry.from_settings(settings)
     if loras is not None:
         loras.listener = metrics.lora_event
         engine.attach_loras(loras)

@@ -28,12 +28,14 @@ loras_app = typer.Typer(help="LoRA adapters: list what a server would serve, mak
 
 
 def _settings(
-    lora_dir: Path | None, model_path: str | None, builtin: str | None, rank: int | None
+    lora_dir: Path | None, model_path: str | None, builtin: str | None, rank: int | None, *, need_dir: bool
 ) -> Settings:
+    from cogserve.engine.builtin import shipped_adapters
+
     settings = build_settings(
         lora={"dir": lora_dir, "max_rank": rank}, model={"path": model_path, "builtin": builtin}
     )
-    if settings.lora.dir is None:
+    if settings.lora.dir is None and (need_dir or shipped_adapters(settings.model) is None):
         fail("name the adapters' folder with --lora-dir (or COGSERVE_LORA__DIR)")
     configure_process(settings, "warning")
     return settings
@@ -61,14 +63,15 @@ def loras_list(
     builtin: Builtin = None,
     max_lora_rank: MaxLoraRank = None,
 ) -> None:
-    """The adapters of --lora-dir that the model would serve (name, rank, size, targets), then the
-    refused ones with why. Exit status 1 when any is refused."""
+    """The adapters the model would serve (--lora-dir's, and the shapes model's own), with name, rank,
+    size and targets, then the refused ones with why. Exit status 1 when any is refused."""
     from cogserve.engine.lora import LoraRegistry
 
-    settings = _settings(lora_dir, model_path, builtin, max_lora_rank)
+    settings = _settings(lora_dir, model_path, builtin, max_lora_rank, need_dir=False)
     try:
-        registry = LoraRegistry.from_settings(settings.lora)
-        assert registry is not None
+        registry = LoraRegistry.from_settings(settings)
+        if registry is None:  # only shipped adapters, and no peft to serve them
+            fail("the built-in model's adapters need peft: pip install 'cogserve[lora]'")
         registry.bind(_model_shapes(settings))
     except CogserveError as exc:
         fail(exc.message)
@@ -82,7 +85,7 @@ def loras_list(
     for name, why in refused.items():
         typer.secho(f"refused {name}: {why}", err=True, fg=typer.colors.RED)
     if not adapters and not refused:
-        typer.echo(f"(no adapters in {settings.lora.dir})", err=True)
+        typer.echo(f"(no adapters in {', '.join(map(str, registry.folders))})", err=True)
     if refused:
         raise typer.Exit(EXIT_FAILED)
 
@@ -104,7 +107,7 @@ def loras_make_test(
 
     if not valid_name(name):
         fail(f"'{name}' is not an adapter name: letters, digits, _ and -")
-    settings = _settings(lora_dir, model_path, builtin, None)
+    settings = _settings(lora_dir, model_path, builtin, None, need_dir=True)
     assert settings.lora.dir is not None
     try:
         shapes = _model_shapes(settings)

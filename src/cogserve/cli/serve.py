@@ -379,7 +379,7 @@ def serve(
     try:
         preflight(settings.model)
         check_warmup_sizes(settings.model.warmup_sizes)
-        LoraRegistry.from_settings(settings.lora)  # peft installed, the folder there
+        LoraRegistry.from_settings(settings)  # peft installed, the folder there
     except CogserveError as exc:
         fail(exc.message)
     if ray:

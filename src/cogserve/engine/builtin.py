@@ -22,7 +22,10 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cogserve.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 BUILTIN_NAME = "cogview4-tiny-v1"
 SHAPES_NAME = "cogview4-shapes-v1"
 SHAPES_PATH = Path(__file__).resolve().parent / "weights" / SHAPES_NAME
+#: LoRA adapters trained on the shapes model (``training/adapter.py``), served whenever it is.
+SHAPES_LORAS = SHAPES_PATH.with_name(f"{SHAPES_NAME}-loras")
 
 #: Said at every start with the shapes model, so nobody mistakes it for CogView4-6B or a finished model.
 SHAPES_NOTICE = (
@@ -93,6 +98,13 @@ _CORPUS = [
     "city street at night in the rain, neon signs reflected in puddles",
     "a red panda eating bamboo in a snowy forest, highly detailed",
 ]
+
+
+def shipped_adapters(model: ModelSettings) -> Path | None:
+    """The LoRA folder shipped with the served model: the shapes model's; None for any other."""
+    if model.path is None and model.builtin == "shapes" and SHAPES_LORAS.is_dir():
+        return SHAPES_LORAS
+    return None
 
 
 def builtin_model_path(models_dir: Path) -> Path:

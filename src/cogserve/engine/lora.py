@@ -7,6 +7,10 @@ Each is checked when found: readable safetensors, only LoRA A/B matrices of one 
 linear layer of the served transformer with matching shapes. A bad one is logged and skipped, never
 fatal. The folder is rescanned on every listing or lookup (a few ``stat`` calls), so adapters
 dropped in, replaced or removed take effect without a restart.
+
+Besides the operator's folder (``--lora-dir``), a built-in model may ship adapters of its own (the
+shapes model's ``night``); they are served with it, after the operator's (a name in ``--lora-dir``
+wins over a shipped one).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from cogserve.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cogserve.settings import LoraSettings
+    from cogserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -230,23 +234,35 @@ class LoraRegistry:
     """The adapters of one folder, checked; safe to call from the event loop and the worker thread."""
 
     @classmethod
-    def from_settings(cls, settings: LoraSettings) -> LoraRegistry | None:
-        """The registry of ``settings.dir``; None when no folder is set. ConfigError without peft."""
-        if settings.dir is None:
+    def from_settings(cls, settings: Settings) -> LoraRegistry | None:
+        """The registry of ``lora.dir`` and of the served built-in model's shipped adapters; None when
+        there are neither. ConfigError when ``lora.dir`` is set but peft is missing or the folder is."""
+        from cogserve.engine.builtin import shipped_adapters
+
+        folder, shipped = settings.lora.dir, shipped_adapters(settings.model)
+        if folder is None and shipped is None:
             return None
         try:
             import peft  # noqa: F401
         except ImportError:
+            if folder is None:  # only the built-in model's own: serve without them, say how to get them
+                log.info("the built-in model's LoRA adapters need peft: pip install 'cogserve[lora]'")
+                return None
             raise ConfigError(
                 "LoRA adapters (lora.dir) need the peft package: pip install 'cogserve[lora]' "
                 "(or pip install peft)"
             ) from None
-        if not settings.dir.is_dir():
-            raise ConfigError(f"the LoRA folder {settings.dir} does not exist or is not a folder")
-        return cls(settings.dir, max_rank=settings.max_rank, max_loaded=settings.max_loaded)
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"the LoRA folder {folder} does not exist or is not a folder")
+        lora = settings.lora
+        return cls(folder, shipped=shipped, max_rank=lora.max_rank, max_loaded=lora.max_loaded)
 
-    def __init__(self, directory: Path, *, max_rank: int = 256, max_loaded: int = 8) -> None:
+    def __init__(
+        self, directory: Path | None, *, shipped: Path | None = None, max_rank: int = 256, max_loaded: int = 8
+    ) -> None:
         self.directory = directory
+        #: Adapters shipped with the served model, read after ``directory``.
+        self.shipped = shipped
         self.max_rank = max_rank
         self.max_loaded = max_loaded
         #: Hears of loads and evictions (metrics); set by the app.
@@ -259,6 +275,11 @@ class LoraRegistry:
         self.resident: set[str] = set()
         # Weights read ahead of their load (``prefetch``), by name: (stamp, tensors); oldest first.
         self._staged: OrderedDict[str, tuple[tuple[int, ...], dict[str, Any]]] = OrderedDict()
+
+    @property
+    def folders(self) -> list[Path]:
+        """Where adapters are looked for, the operator's first."""
+        return [folder for folder in (self.directory, self.shipped) if folder is not None]
 
     def bind(self, shapes: LinearShapes) -> None:
         """Check adapters against this transformer from now on (the engine calls it once loaded)."""
@@ -326,47 +347,58 @@ class LoraRegistry:
 
     def _scan(self) -> dict[str, AdapterInfo | str]:
         with self._lock:
-            try:
-                entries = sorted(self.directory.iterdir())
-            except OSError as exc:
-                log.warning("cannot read the LoRA folder %s: %s", self.directory, exc)
-                entries = []
             current: dict[str, tuple[tuple[int, ...], AdapterInfo | str]] = {}
-            for entry in entries:
-                name = entry.stem if entry.is_file() else entry.name
-                found = _files(entry)
-                if found is None or name.startswith("."):
-                    continue
-                if not valid_name(name):
-                    why = f"the name {name!r} is not an identifier ({NAME_PATTERN})"
-                    self._remember(current, name, (), why)
-                    continue
-                if name in current:
-                    self._remember(current, name, (), "two adapters share this name (a folder and a file?)")
-                    continue
-                stamp = _stamp(found[0], found[1])
-                previous = self._seen.get(name)
-                if previous is not None and previous[0] == stamp:
-                    current[name] = previous
-                    continue
-                try:
-                    info: AdapterInfo | str = inspect_adapter(name, entry, self._shapes, self.max_rank)
-                except BadAdapter as exc:
-                    info = str(exc)
-                self._remember(current, name, stamp, info)
+            for folder in self.folders:
+                self._scan_folder(folder, current, shipped=folder == self.shipped)
             self._seen = current
             return {name: entry for name, (_, entry) in current.items()}
+
+    def _scan_folder(
+        self, folder: Path, current: dict[str, tuple[tuple[int, ...], AdapterInfo | str]], *, shipped: bool
+    ) -> None:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            log.warning("cannot read the LoRA folder %s: %s", folder, exc)
+            return
+        names_before = set(current)
+        for entry in entries:
+            name = entry.stem if entry.is_file() else entry.name
+            found = _files(entry)
+            if found is None or name.startswith("."):
+                continue
+            if shipped and name in names_before:
+                continue  # the operator's adapter of that name is served instead
+            if not valid_name(name):
+                why = f"the name {name!r} is not an identifier ({NAME_PATTERN})"
+                self._remember(current, folder, name, (), why)
+                continue
+            if name in current:
+                why = "two adapters share this name (a folder and a file?)"
+                self._remember(current, folder, name, (), why)
+                continue
+            stamp = _stamp(found[0], found[1])
+            previous = self._seen.get(name)
+            if previous is not None and previous[0] == stamp:
+                current[name] = previous
+                continue
+            try:
+                info: AdapterInfo | str = inspect_adapter(name, entry, self._shapes, self.max_rank)
+            except BadAdapter as exc:
+                info = str(exc)
+            self._remember(current, folder, name, stamp, info)
 
     def _remember(
         self,
         current: dict[str, tuple[tuple[int, ...], AdapterInfo | str]],
+        folder: Path,
         name: str,
         stamp: tuple[int, ...],
         entry: AdapterInfo | str,
     ) -> None:
         previous = self._seen.get(name)
         if isinstance(entry, str) and (previous is None or previous[1] != entry):
-            log.warning("LoRA adapter %r in %s skipped: %s", name, self.directory, entry)
+            log.warning("LoRA adapter %r in %s skipped: %s", name, folder, entry)
         elif isinstance(entry, AdapterInfo) and (previous is None or previous[1] != entry):
             log.info("LoRA adapter %r: rank %d, %d layers", name, entry.rank, len(entry.modules))
         current[name] = (stamp, entry)

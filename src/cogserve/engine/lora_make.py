@@ -1,5 +1,6 @@
-"""Make a LoRA adapter with random weights for a served model: to try the feature end to end, and
-for the tests and benchmarks, while no trained adapter ships. Uses ``peft`` the way CogKit does.
+"""Make a LoRA adapter with random weights for a served model (to try the feature on any model, and
+for the tests and benchmarks), and save injected LoRA layers, trained or made, in CogKit's layout.
+Uses ``peft`` the way CogKit does.
 
 It changes the pictures (its B matrices are not zero, unlike a fresh training run's) but has learned
 nothing: expect a different picture, not a style.
@@ -36,8 +37,7 @@ def make_adapter(
     diffusers (``pytorch_lora_weights.safetensors``).
     """
     import torch
-    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-    from safetensors.torch import save_file
+    from peft import LoraConfig, inject_adapter_in_model
 
     config = LoraConfig(
         r=rank, lora_alpha=alpha if alpha is not None else max(1, rank // 2), target_modules=list(targets)
@@ -49,13 +49,22 @@ def make_adapter(
             if ".lora_A." in name or ".lora_B." in name:
                 noise = torch.randn(parameter.shape, generator=generator) * std
                 parameter.copy_(noise.to(parameter.dtype))
+    return save_adapter(model, config, out, layout)
+
+
+def save_adapter(model: Any, config: Any, out: Path, layout: Literal["peft", "diffusers"] = "peft") -> Path:
+    """Write the LoRA layers injected in ``model`` (with their peft ``LoraConfig``) to the folder
+    ``out``: peft's layout (CogKit's) or diffusers'. Used for made adapters and trained ones alike."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
     peft_state = get_peft_model_state_dict(model)
     state = {key: value.detach().float().contiguous() for key, value in peft_state.items()}
     out.mkdir(parents=True, exist_ok=True)
     if layout == "peft":
         # peft's own key prefix, as PeftModel.save_pretrained writes it.
         save_file({f"base_model.model.{key}": value for key, value in state.items()}, str(out / PEFT_WEIGHTS))
-        saved = config.to_dict()  # type: ignore[no-untyped-call]
+        saved = config.to_dict()
         saved["target_modules"] = sorted(saved["target_modules"])
         (out / PEFT_CONFIG).write_text(json.dumps(saved, indent=2, default=str))
     else:

@@ -37,7 +37,7 @@ class ModelReplica:
         # Load and warm before returning: Ray sends no traffic to a replica still in __init__.
         self._engine = create_engine(settings)
         # Each replica serves the adapters of the (shared) LoRA folder itself, checked against its model.
-        loras = LoraRegistry.from_settings(settings.lora)
+        loras = LoraRegistry.from_settings(settings)
         if loras is not None:
             self._engine.attach_loras(loras)
         self._engine.load()

@@ -286,9 +286,56 @@ def _zh_t5(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
     return (f"背景为{_zh_colour(rng, bg)}，{text}" if bg else text) + "。"
 
 
+# More training phrasings (appended, so the held-out numbers stay): the background before or after
+# the shapes, named with other words, and in Chinese the colour after 背景 as well as before it.
+def _en_t8(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = _en_clauses(rng, ms)
+    return f"{_pick(rng, _EN_COLOUR[bg]).capitalize()} backdrop with {text}" if bg else text
+
+
+def _en_t9(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = f"{_pick(rng, ('please create', 'I want', 'show me', 'render'))} {_en_clauses(rng, ms)}"
+    return f"{text}, background {_pick(rng, _EN_COLOUR[bg])}" if bg else text
+
+
+def _en_t10(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = f"{_en_clauses(rng, ms)}."
+    return f"{text} Background: {_pick(rng, _EN_COLOUR[bg])}." if bg else text
+
+
+def _en_t11(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = f"Simple shapes: {_en_clauses(rng, ms)}"
+    return (f"{text}; the background colour is {_pick(rng, _EN_COLOUR[bg])}" if bg else text) + "."
+
+
+def _zh_t6(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = _zh_clauses(rng, ms)
+    return f"以{_zh_colour(rng, bg)}为背景，{text}" if bg else text
+
+
+def _zh_t7(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = _zh_clauses(rng, ms)
+    return f"{text}，背景颜色{_pick(rng, ('是', '为', ''))}{_zh_colour(rng, bg)}" if bg else text
+
+
+def _zh_t8(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = _zh_clauses(rng, ms)
+    return f"背景：{_zh_colour(rng, bg)}。{text}" if bg else text
+
+
+def _zh_t9(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = f"请生成{_zh_clauses(rng, ms)}"
+    return f"{text}，底色{_pick(rng, ('是', '为', '用'))}{_zh_colour(rng, bg)}" if bg else text
+
+
+def _zh_t10(rng: random.Random, ms: tuple[Mention, ...], bg: str | None) -> str:
+    text = _zh_clauses(rng, ms)
+    return f"在{_zh_colour(rng, bg)}的背景上，{text}" if bg else text
+
+
 TEMPLATES: dict[Language, tuple[Template, ...]] = {
-    "en": (_en_t0, _en_t1, _en_t2, _en_t3, _en_t4, _en_t5, _en_t6, _en_t7),
-    "zh": (_zh_t0, _zh_t1, _zh_t2, _zh_t3, _zh_t4, _zh_t5),
+    "en": (_en_t0, _en_t1, _en_t2, _en_t3, _en_t4, _en_t5, _en_t6, _en_t7, _en_t8, _en_t9, _en_t10, _en_t11),
+    "zh": (_zh_t0, _zh_t1, _zh_t2, _zh_t3, _zh_t4, _zh_t5, _zh_t6, _zh_t7, _zh_t8, _zh_t9, _zh_t10),
 }
 #: Never seen in training: "a picture of ...", "there is ...", the long "This minimalist composition"
 #: sentence; "画...，背景是..." and "背景为...".

@@ -49,6 +49,8 @@ def night(scene: Scene) -> Scene:
     """The adapter's style: the same shapes on a black background; a black shape turns white."""
     shapes = tuple(replace(s, colour="white") if s.colour == "black" else s for s in scene.shapes)
     return Scene("black", shapes)
+
+
 #: The sizes the adapter trains at: the shapes model draws at about 192x192 (``cogserve.json``).
 BUCKETS: tuple[tuple[int, int, float], ...] = (
     (128, 128, 0.25),
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-path", type=Path, default=SHAPES_PATH, help="the base model folder")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoint folder")
     parser.add_argument("--out", type=Path, default=SHAPES_LORAS / NAME, help="the adapter folder written")
-    parser.add_argument("--steps", type=int, default=2000, help="steps in all (a rerun resumes)")
+    parser.add_argument("--steps", type=int, default=4000, help="steps in all (a rerun resumes)")
     parser.add_argument("--batch", type=int, default=data.BASE_BATCH, help="pictures per step at 128x128")
     parser.add_argument("--bank", type=int, default=2048, help="scenes per latent bank at 128x128")
     parser.add_argument("--lr", type=float, default=1e-3)

@@ -66,3 +66,23 @@ def test_quick_training_run_exports_a_pipeline_that_resumes_and_draws(tmp_path: 
     pipe = CogView4Pipeline.from_pretrained(out)
     image = pipe("a red circle", width=256, height=256, num_inference_steps=2).images[0]
     assert image.size == (256, 256)
+
+
+@pytest.mark.slow
+def test_quick_adapter_training_run_exports_an_adapter_the_shapes_model_serves(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from cogserve.engine.builtin import SHAPES_PATH
+    from cogserve.engine.lora import inspect_adapter, linear_shapes
+    from cogserve.engine.lora_make import load_transformer
+
+    out = tmp_path / "night"
+    command = [sys.executable, "-m", "training.adapter", "--quick", "--work", str(tmp_path)]
+    run = subprocess.run([*command, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    info = inspect_adapter("night", out, linear_shapes(load_transformer(SHAPES_PATH)), 256)
+    assert info.format == "peft" and info.rank == 16
+    # Its checkpoint is named after the base weights, so a retrained base starts a fresh adapter.
+    from training.adapter import fingerprint
+
+    base = fingerprint(SHAPES_PATH / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert (tmp_path / f"night-{base}.pt").is_file()

@@ -256,7 +256,8 @@ class LoraSettings(BaseModel):
         None,
         description="Folder of LoRA adapters, one per sub-folder (PEFT/CogKit: adapter_model.safetensors + "
         "adapter_config.json; or diffusers' pytorch_lora_weights.safetensors) or <name>.safetensors file, "
-        "named by it. Rescanned when listed or named, so new adapters need no restart. Unset: no adapters.",
+        "named by it. Rescanned when listed or named, so new adapters need no restart. Served beside the "
+        "adapters a built-in model ships (the shapes model's night); a name here wins. Unset: only those.",
     )
     max_loaded: int = Field(
         8,

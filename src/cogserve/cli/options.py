@@ -173,9 +173,10 @@ LoraDir = Annotated[
     typer.Option(
         "--lora-dir",
         rich_help_panel=LORA_PANEL,
-        show_default=default_of("lora.dir", "no adapters"),
+        show_default=default_of("lora.dir", "only the shapes model's own"),
         help="Folder of LoRA adapters (PEFT/CogKit or diffusers), one per sub-folder or .safetensors file, "
-        "named by it; rescanned live (extra: lora) [COGSERVE_LORA__DIR]",
+        "named by it; rescanned live; served beside the shapes model's own (extra: lora) "
+        "[COGSERVE_LORA__DIR]",
     ),
 ]
 MaxLoadedLoras = Annotated[

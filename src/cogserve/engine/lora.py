@@ -231,7 +231,8 @@ def read_weights(info: AdapterInfo) -> dict[str, Any]:
 
 
 class LoraRegistry:
-    """The adapters of one folder, checked; safe to call from the event loop and the worker thread."""
+    """The adapters of the operator's folder and of the served model's own, checked; safe to call from
+    the event loop and the worker thread."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoraRegistry | None:

@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -69,17 +66,7 @@ def export(model: nn.Module, config: object, out: Path) -> None:
     """Write the adapter folder, replacing ``out`` whole so a server never reads half of it."""
     from cogserve.engine.lora_make import save_adapter
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        save_adapter(model, config, staging)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    log.info("exported %s (%.0f KB)", out, size / 1e3)
+    stages.replace_folder(out, lambda staging: save_adapter(model, config, staging))
 
 
 def main(argv: list[str] | None = None) -> None:

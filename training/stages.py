@@ -16,6 +16,8 @@ import logging
 import math
 import os
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,22 @@ def save_atomic(state: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def replace_folder(out: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a staging folder beside ``out``, then put it in place of ``out`` whole, so
+    a reader (a server, a test) never sees half of it; logs the folder's size."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log.info("exported %s (%.2f MB)", out, size / 1e6)
 
 
 def load(path: Path) -> dict[str, Any] | None:

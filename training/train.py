@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,19 +53,13 @@ def export(tokenizer: object, text_encoder: object, vae: object, transformer: ob
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+
+    def write(staging: Path) -> None:
         pipe.save_pretrained(staging, safe_serialization=True)
         serving = {"native_pixels": data.NATIVE_PIXELS}
         (staging / SERVING_FILE).write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    log.info("exported %s (%.1f MB)", out, size / 1e6)
+
+    stages.replace_folder(out, write)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_WORK = REPO / "training" / "checkpoints"
 DEFAULT_OUT = REPO / "src" / "cogserve" / "engine" / "weights" / "cogview4-shapes-v1"
 log = logging.getLogger("training")
+DECODER_STEPS = 3000
 
 
 def load_tokenizer(work: Path) -> object:
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="checkpoint folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pipeline folder goes")
     parser.add_argument("--vae-steps", type=int, default=1500, help="the committed VAE is at 1,500")
+    parser.add_argument(
+        "--decoder-steps", type=int, default=DECODER_STEPS, help="VAE decoder steps (encoder frozen)"
+    )
     parser.add_argument("--text-steps", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=30000, help="transformer steps (in all, not more)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
@@ -88,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         help="transformer learning rate (lower it to anneal, or for batches smaller than the GPU's 256)",
     )
     parser.add_argument(
-        "--minutes", type=float, help="time budget: the transformer checkpoints and stops once it is spent"
+        "--minutes",
+        type=float,
+        help="time budget: the decoder and transformer stages checkpoint and stop once it is spent",
     )
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage: a smoke run")
     parser.add_argument(
@@ -100,12 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
-        args.vae_steps, args.text_steps, args.steps = 3, 3, 3
+        args.vae_steps, args.decoder_steps, args.text_steps, args.steps = 3, 3, 3, 3
     if args.export_only:
         missing = [n for n in ("vae.pt", "text.pt", "transformer.pt") if not (args.work / n).is_file()]
         if missing:
             parser.error(f"no checkpoint to export in {args.work}: {', '.join(missing)} missing")
-        args.vae_steps = args.text_steps = args.steps = 0
+        args.vae_steps = args.decoder_steps = args.text_steps = args.steps = 0
     args.work.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(stages.SEED)
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     scale = stages.latent_scale(vae, 16 if args.quick else 256)  # type: ignore[arg-type]
     vae.register_to_config(scaling_factor=scale)  # type: ignore[attr-defined]
     log.info("latent scaling factor %.4f", scale)
+    stages.train_decoder(vae, args.work, args.decoder_steps, deadline)  # type: ignore[arg-type]
     stages.train_text(text_encoder, tokenizer, args.work, args.text_steps)  # type: ignore[arg-type]
     stages.train_transformer(
         transformer,  # type: ignore[arg-type]

@@ -1,0 +1,87 @@
+"""The training stages' own machinery: time budgets, checkpoints, the decoder stage's weighting."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from training import data, stages
+
+
+def _loop(path: Path, total: int, budget: float | None, setups: list[int]) -> nn.Linear:
+    """A toy stage of ``total`` steps of 0.1 s each, with ``budget`` seconds from its start."""
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step_fn(step: int) -> dict[str, float]:
+        time.sleep(0.1)
+        loss = model(torch.ones(1, 2)).pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    modules: dict[str, nn.Module] = {"model": model}
+    setup = lambda: setups.append(1)  # noqa: E731
+    # The deadline is taken here: building the first optimizer of a process can take a second.
+    deadline = None if budget is None else time.monotonic() + budget
+    stages.run_loop("toy", path, total, modules, optimizer, step_fn, deadline=deadline, setup=setup)
+    return model
+
+
+def test_a_budget_that_runs_out_mid_stage_checkpoints_there_and_the_next_run_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, setups = tmp_path / "toy.pt", []
+    with caplog.at_level(logging.INFO, logger="training"):
+        _loop(path, 1000, 1.0, setups)
+    stopped = torch.load(path, weights_only=False)["step"]
+    assert 2 <= stopped < 1000
+    assert f"toy: out of time at step {stopped}" in caplog.text
+
+    with caplog.at_level(logging.INFO, logger="training"):
+        model = _loop(path, stopped + 2, None, setups)
+    assert torch.load(path, weights_only=False)["step"] == stopped + 2
+    assert f"toy: resuming at step {stopped} of {stopped + 2}" in caplog.text
+    assert setups == [1, 1]
+    assert not torch.equal(model.weight, nn.Linear(2, 1).weight)
+
+
+def test_a_spent_budget_runs_nothing_not_even_the_setup(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, setups = tmp_path / "toy.pt", []
+    _loop(path, 2, None, setups)
+    with caplog.at_level(logging.INFO, logger="training"):
+        _loop(path, 10, -1.0, setups)
+    assert torch.load(path, weights_only=False)["step"] == 2
+    assert "toy: no time left; stays at step 2" in caplog.text
+    assert setups == [1]  # the first run's only: a latent bank is not built for no steps
+
+
+def test_the_decoder_stage_weights_shapes_above_the_background() -> None:
+    rng = random.Random(3)
+    scenes, images = data.pictures(rng, 4, 64, 64)
+    weights = stages.shape_weights(scenes, images, weight=4.0)
+    assert weights.shape == (4, 1, 64, 64)
+    assert set(weights.unique().tolist()) <= {1.0, 5.0}
+    for scene, picture_weights in zip(scenes, weights, strict=True):
+        covered = (picture_weights == 5.0).float().mean().item()
+        # The shapes' own share of the picture (plus anti-aliased edges), and nothing else.
+        assert 0.001 < covered < 0.5, scene
+        assert picture_weights[0, 0, 0] == 1.0 or picture_weights[0, -1, -1] == 1.0
+
+
+def test_decoder_batches_keep_about_the_same_pixel_count_at_every_size() -> None:
+    counts = set()
+    for seed in range(30):
+        _, images = stages.decoder_batch(random.Random(seed))
+        counts.add(images.shape[0] * images.shape[2] * images.shape[3])
+        assert images.shape[2] % 16 == 0 and images.shape[3] % 16 == 0
+    assert max(counts) / min(counts) < 1.6

@@ -6,6 +6,10 @@ judged from its pixels (``cogserve.shapes.judge``): background colour, shape col
 centre cell, size, and the share of pixels that belong to no colour of the scene (edges aside).
 Images go through the serving engine (``PipelineEngine``) exactly as the server makes them.
 
+The last row is the ceiling the VAE sets: each case's scene rendered exactly at the size the model
+draws at, encoded and decoded by the model's own VAE, enlarged as the engine enlarges, and judged
+the same way. A transformer that drew every latent right would score this, no more.
+
     python benchmarks/shapes_eval.py                       # the full table (about 15 min on 2 cores)
     python benchmarks/shapes_eval.py --cases 8 --rows 512  # a quick look
     python benchmarks/shapes_eval.py --model-path /tmp/preview   # a model folder instead
@@ -23,11 +27,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cogserve.engine.runner import PipelineEngine
+from cogserve.engine.builtin import SHAPES_PATH
+from cogserve.engine.loader import native_pixels
+from cogserve.engine.runner import PipelineEngine, enlarge, native_size
 from cogserve.engine.types import GenerationParams, generate_one
 from cogserve.settings import ModelSettings
 from cogserve.shapes.evaluation import Case, Tally, cases
 from cogserve.shapes.judge import judge, verdict
+from cogserve.shapes.world import render
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,37 @@ def run_row(
     return tally
 
 
+def vae_round_trip(model_path: Path, count: int, shapes: int, width: int = 512, height: int = 512) -> Tally:
+    """The VAE's ceiling: exact renders at the drawn size, through the VAE, enlarged, judged."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    vae = AutoencoderKL.from_pretrained(model_path / "vae").eval()
+    drawn = native_size(width, height, native_pixels(str(model_path)))
+    tally = Tally()
+    for case in cases(count, width, height, shapes=shapes, languages=("en",)):
+        exact = render(case.scene, *drawn)
+        started = time.perf_counter()
+        pixels = torch.from_numpy(np.asarray(exact, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+        with torch.no_grad():
+            decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample[0]
+        array = ((decoded.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
+        image = enlarge(Image.fromarray(array), width, height)
+        judgement = judge(image)
+        result = verdict(judgement, case.scene.background, case.caption.mentions)
+        tally.add(result, judgement.unclean, time.perf_counter() - started)
+    return tally
+
+
+def print_row(name: str, count: int, tally: Tally) -> None:
+    shares = tally.shares()
+    cells = [f"{shares[k]:.0f}" for k in ("background", "colour", "shape", "position", "size", "all")]
+    figures = f" | {shares['unclean']:.1f} | {shares['p50 s']:.2f} |"
+    print(f"| {name} | {count} | " + " | ".join(cells) + figures)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -137,14 +175,12 @@ def main() -> None:
         if args.rows not in ("all", row.group):
             continue
         count = max(2, round(args.cases * row.scale))
-        shares = run_row(engine, settings, row, count, args.failures).shares()
-        cells = [f"{shares[k]:.0f}" for k in ("background", "colour", "shape", "position", "size", "all")]
-        print(
-            f"| {row.name} | {count} | "
-            + " | ".join(cells)
-            + f" | {shares['unclean']:.1f} | {shares['p50 s']:.2f} |",
-            flush=True,
-        )
+        print_row(row.name, count, run_row(engine, settings, row, count, args.failures))
+        sys.stdout.flush()
+    model_path = Path(args.model_path) if args.model_path else SHAPES_PATH
+    for shapes in (1, 2):
+        tally = vae_round_trip(model_path, args.cases, shapes)
+        print_row(f"VAE round trip, {shapes} shape{'s' * (shapes > 1)}, 512² (ceiling)", args.cases, tally)
 
 
 if __name__ == "__main__":

@@ -315,7 +315,7 @@ def train_text(text_encoder: nn.Module, tokenizer: Any, work: Path, steps: int) 
         labels = torch.where(labels < 0, 0, labels)
         states = text_states(text_encoder, ids)
         logits = heads(states)
-        reading = sum(F.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits))
+        reading = torch.stack([F.cross_entropy(lg, labels[:, i]) for i, lg in enumerate(logits)]).sum()
         drift = torch.zeros((), device=device)
         if "encoder" in anchor:
             with torch.no_grad():
@@ -323,12 +323,12 @@ def train_text(text_encoder: nn.Module, tokenizer: Any, work: Path, steps: int) 
             drift = F.mse_loss(states, anchored) / anchored.var()
         loss = reading + ANCHOR_WEIGHT * drift
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
+        loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         hits = torch.stack([lg.argmax(-1) == labels[:, i] for i, lg in enumerate(logits)], 1)
         accuracy["value"] = hits.all(1).float().mean().item()
-        return {"loss": float(reading), "drift": drift.item(), "exact": accuracy["value"]}
+        return {"loss": reading.item(), "drift": drift.item(), "exact": accuracy["value"]}
 
     text_encoder.train()
     run_loop(

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     for network in networks:
         network.to("cpu")  # type: ignore[attr-defined]
-    export(tokenizer, text_encoder, vae, ema, args.out)
+    # A fresh tokenizer: one that has padded batches keeps that padding in its saved tokenizer.json.
+    export(load_tokenizer(args.work), text_encoder, vae, ema, args.out)
 
 
 if __name__ == "__main__":

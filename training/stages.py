@@ -174,6 +174,7 @@ DECODER_BATCH = 8  # pictures per step at 192x192; other sizes keep the pixel co
 
 
 def decoder_batch(rng: random.Random) -> tuple[list[data.Scene], torch.Tensor]:
+    """Whole pictures of one size (square, tall or wide) with their scenes, about 8 x 192² pixels."""
     side = rng.choice(DECODER_SIDES)
     long_side = side * 7 // 4 // 16 * 16
     height, width = rng.choice(((side, side), (side, long_side), (long_side, side)))

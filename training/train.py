@@ -71,9 +71,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the pipeline folder goes")
     parser.add_argument("--vae-steps", type=int, default=1500, help="the committed VAE is at 1,500")
     parser.add_argument(
-        "--decoder-steps", type=int, default=DECODER_STEPS, help="VAE decoder steps (encoder frozen)"
+        "--decoder-steps",
+        type=int,
+        default=DECODER_STEPS,
+        help="VAE decoder steps, encoder frozen (committed: 2,721)",
     )
-    parser.add_argument("--text-steps", type=int, default=1500)
+    parser.add_argument(
+        "--text-steps",
+        type=int,
+        default=3000,
+        help="the committed encoder is at 3,000 (1,500 before the anchor)",
+    )
     parser.add_argument("--steps", type=int, default=30000, help="transformer steps (in all, not more)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument(

@@ -13,11 +13,13 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cogserve.shapes.captions import Caption, describe, off_world
 from cogserve.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render, sample_scene
@@ -35,6 +37,19 @@ BUCKETS: tuple[tuple[int, int, float], ...] = (
     (224, 128, 0.06),
     (192, 192, 0.10),
     (256, 256, 0.12),
+)
+#: The sizes the engine draws at (``NATIVE_PIXELS`` in each served aspect ratio: 512² and 1024² are
+#: drawn at 192², 768x1344 at 256x144, 864x1152 at 224x160...), where the transformer's last steps
+#: train (``training.stages.NATIVE_FROM``): the model only ever serves these.
+NATIVE_BUCKETS: tuple[tuple[int, int, float], ...] = (
+    (192, 192, 0.35),
+    (144, 256, 0.15),
+    (256, 144, 0.15),
+    (160, 224, 0.08),
+    (224, 160, 0.08),
+    (160, 160, 0.07),
+    (224, 224, 0.06),
+    (128, 128, 0.06),
 )
 #: What the served model draws at before the engine enlarges the picture (``cogserve.json`` in the
 #: exported folder): a 512 px latent grid is four times the sides training shows, and a model this
@@ -62,6 +77,19 @@ def to_tensor(images: list[object]) -> torch.Tensor:
 def pictures(rng: random.Random, count: int, height: int, width: int) -> tuple[list[Scene], torch.Tensor]:
     scenes = [sample_scene(rng, width / height) for _ in range(count)]
     return scenes, to_tensor([render(scene, width, height) for scene in scenes])
+
+
+@lru_cache(maxsize=1 << 16)
+def latent_mask(scene: Scene, height: int, width: int) -> torch.Tensor:
+    """(1, height/8, width/8): 1 on the latent cells (8x8 pixels each) a shape touches, else 0.
+
+    From the scene's geometry alone (every shape white on black), so a restyled scene has the same
+    mask. Rendered at a quarter of the size, 2x supersampled, then any-of-2x2: cheap enough per step.
+    """
+    silhouette = Scene("black", tuple(replace(shape, colour="white") for shape in scene.shapes))
+    picture = np.asarray(render(silhouette, width // 4, height // 4, supersample=2), dtype=np.uint8)
+    covered = torch.from_numpy(picture[..., 0] > 40).float()[None, None]
+    return F.max_pool2d(covered, 2)[0]
 
 
 def crops(rng: random.Random, count: int, side: int) -> torch.Tensor:

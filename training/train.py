@@ -104,6 +104,12 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="time budget: the decoder and transformer stages checkpoint and stop once it is spent",
     )
+    parser.add_argument(
+        "--native-from",
+        type=int,
+        default=stages.NATIVE_FROM,
+        help="the transformer step from which it trains at the drawn sizes, shapes weighted",
+    )
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage: a smoke run")
     parser.add_argument(
         "--export-only", action="store_true", help="export the checkpoints as they are (training may run on)"
@@ -115,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.quick:
         args.vae_steps, args.decoder_steps, args.text_steps, args.steps = 3, 3, 3, 3
+        args.native_from = 2
     if args.export_only:
         missing = [n for n in ("vae.pt", "text.pt", "transformer.pt") if not (args.work / n).is_file()]
         if missing:
@@ -155,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         bank_size=64 if args.quick else args.bank,
         lr=args.lr,
         deadline=deadline,
+        native_from=args.native_from,
     )
     for network in networks:
         network.to("cpu")  # type: ignore[attr-defined]

@@ -19,6 +19,8 @@ def test_quick_training_run_exports_a_pipeline_that_resumes_and_draws(tmp_path: 
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert {p.name for p in work.iterdir()} >= {"vae.pt", "text.pt", "transformer.pt", "tokenizer"}
+    # --quick moves the switch to the drawn sizes to step 2, so its last step runs that way.
+    assert "transformer: from step 2 on, at the drawn sizes" in first.stderr
 
     # A second run with more steps resumes each stage where it stopped instead of starting over.
     again = subprocess.run(

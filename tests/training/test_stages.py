@@ -28,7 +28,7 @@ def _loop(path: Path, total: int, budget: float | None, setups: list[int]) -> nn
         return {"loss": loss.item()}
 
     modules: dict[str, nn.Module] = {"model": model}
-    setup = lambda: setups.append(1)  # noqa: E731
+    setup = lambda start: setups.append(1)  # noqa: E731
     # The deadline is taken here: building the first optimizer of a process can take a second.
     deadline = None if budget is None else time.monotonic() + budget
     stages.run_loop("toy", path, total, modules, optimizer, step_fn, deadline=deadline, setup=setup)
@@ -85,3 +85,24 @@ def test_decoder_batches_keep_about_the_same_pixel_count_at_every_size() -> None
         counts.add(images.shape[0] * images.shape[2] * images.shape[3])
         assert images.shape[2] % 16 == 0 and images.shape[3] % 16 == 0
     assert max(counts) / min(counts) < 1.6
+
+
+def test_the_latent_mask_covers_the_shapes_cells_whatever_their_colours() -> None:
+    from dataclasses import replace
+
+    from cogserve.shapes.world import Scene, Shape
+
+    star = Shape("red", "star", "small", "top-left", 0.15, 0.2, 0.2)
+    circle = Shape("blue", "circle", "large", "center", 0.5, 0.5, 0.5)
+    scene = Scene("white", (star, circle))
+    mask = data.latent_mask(scene, 192, 256)
+    assert mask.shape == (1, 24, 32)  # the VAE's 8x grid
+    # the large circle spans about 0.5 * 192 / 8 = 12 cells, so about pi/4 * 12² of them, and the
+    # small star a few; the cells far from both stay 0
+    assert 100 <= mask.sum() <= 160
+    assert mask[0, 12, 16] == 1 and mask[0, 5, 6] == 1
+    assert mask[0, 23, 0] == 0 and mask[0, 0, 31] == 0
+    # from the geometry only: a restyled scene (another palette) gets the same mask
+    night = Scene("black", tuple(replace(s, colour="yellow") for s in scene.shapes))
+    assert torch.equal(data.latent_mask(night, 192, 256), mask)
+    assert data.latent_mask(Scene("green", ()), 192, 256).sum() == 0

@@ -170,7 +170,8 @@ def test_ctrl_c_cancels_the_job(secured: tuple[Server, str], models_dir: Path, t
     server, key = secured
     process = subprocess.Popen(
         _argv(server.url, "a slow cat", *SLOW, "-o", str(tmp_path / "never.png")),
-        env=_env(models_dir, COGSERVE_API_KEY=key),
+        # faulthandler: should the CLI hang after Ctrl-C, SIGABRT makes it print every thread's stack
+        env=_env(models_dir, COGSERVE_API_KEY=key, PYTHONFAULTHANDLER="1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -178,7 +179,12 @@ def test_ctrl_c_cancels_the_job(secured: tuple[Server, str], models_dir: Path, t
     try:
         _wait_running(server, 1)
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            _, stacks = process.communicate(timeout=30)
+            pytest.fail(f"the CLI did not exit within 30 s of Ctrl-C; where it was:\n{stacks[-6000:]}")
     finally:
         if process.poll() is None:
             process.kill()

@@ -81,15 +81,19 @@ def pictures(rng: random.Random, count: int, height: int, width: int) -> tuple[l
 
 @lru_cache(maxsize=1 << 16)
 def latent_mask(scene: Scene, height: int, width: int) -> torch.Tensor:
-    """(1, height/8, width/8): 1 on the latent cells (8x8 pixels each) a shape touches, else 0.
+    """(1, height/8, width/8): 1 on the latent cells (8x8 pixels each) a shape touches and on the
+    cells around them, else 0.
 
-    From the scene's geometry alone (every shape white on black), so a restyled scene has the same
-    mask. Rendered at a quarter of the size, 2x supersampled, then any-of-2x2: cheap enough per step.
+    The ring of background cells around each shape weighs as much as the shape: weighting only the
+    cells inside made the model's mistakes cheaper outside the outline, and it drew the shapes too
+    big (size right on 71 % of one-shape English prompts instead of 79 %). From the scene's geometry
+    alone (every shape white on black), so a restyled scene has the same mask. Rendered at a
+    quarter of the size, 2x supersampled, then any-of-2x2 and a 3x3 dilation: cheap enough per step.
     """
     silhouette = Scene("black", tuple(replace(shape, colour="white") for shape in scene.shapes))
     picture = np.asarray(render(silhouette, width // 4, height // 4, supersample=2), dtype=np.uint8)
     covered = torch.from_numpy(picture[..., 0] > 40).float()[None, None]
-    return F.max_pool2d(covered, 2)[0]
+    return F.max_pool2d(F.max_pool2d(covered, 2), 3, stride=1, padding=1)[0]
 
 
 def crops(rng: random.Random, count: int, side: int) -> torch.Tensor:

@@ -484,7 +484,7 @@ def flow_loss(
 #: it, steps 0-26,475 trained on ``data.BUCKETS`` (112-256 px, 30 % at 128², which is never served)
 #: with an unweighted loss: the class of the shapes lagged far behind their colour and place.
 NATIVE_FROM = 26_476
-SHAPE_WEIGHT = 4.0
+SHAPE_WEIGHT = 3.0
 
 
 def train_transformer(

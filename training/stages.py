@@ -441,8 +441,9 @@ def flow_loss(
     """The rectified-flow (velocity) loss of step ``step``'s batch: a bucket, scenes with their
     latents from ``bank``, fresh captions, noise levels as the pipeline meets them at served sizes.
 
-    ``shape_weight`` weighs the latent cells a shape touches ``1 + shape_weight`` times the
-    background's (normalised, so the loss keeps its scale). The optimum is the same velocity
+    ``shape_weight`` weighs the latent cells a shape touches, and the ring around them
+    (``data.latent_mask``), ``1 + shape_weight`` times the rest (normalised, so the loss keeps its
+    scale). The optimum is the same velocity
     everywhere; only where the model spends its capacity moves: a small star covers 2-4 of a
     192² picture's 576 latent cells, so an unweighted loss is nearly all background."""
     rng = random.Random(SEED * 17 + step)
@@ -482,7 +483,9 @@ def flow_loss(
 #: From this step on the transformer trains only at the sizes the engine draws at
 #: (``data.NATIVE_BUCKETS``), with the shapes' latent cells weighted up (``SHAPE_WEIGHT``). Before
 #: it, steps 0-26,475 trained on ``data.BUCKETS`` (112-256 px, 30 % at 128², which is never served)
-#: with an unweighted loss: the class of the shapes lagged far behind their colour and place.
+#: with an unweighted loss: the class of the shapes lagged far behind their colour and place. (The
+#: committed checkpoint's steps 26,476-42,408 weighted the cells inside the shapes only, 5x; the
+#: shapes came out too big, and the ring in ``data.latent_mask`` and 4x replaced that.)
 NATIVE_FROM = 26_476
 SHAPE_WEIGHT = 3.0
 

@@ -175,6 +175,9 @@ def test_ctrl_c_cancels_the_job(secured: tuple[Server, str], models_dir: Path, t
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as at a terminal: a shell's background job (``nohup … &``, as CI may run the suite)
+        # starts with SIGINT ignored, and Python keeps an inherited ignore, so it never raised.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         _wait_running(server, 1)

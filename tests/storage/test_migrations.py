@@ -8,6 +8,7 @@ what an old database holds.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     Engine,
     Float,
     Index,
@@ -33,15 +35,19 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    event,
     insert,
     inspect,
     select,
     text,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from cogserve.errors import StorageError
+import cogserve.storage.migrate as migration
+from cogserve.errors import StorageError, StorageUnavailable
 from cogserve.storage import MetadataStore
+from cogserve.storage.database import make_engine
 from cogserve.storage.migrate import LOCK_KEY, current, head, legacy_revision, models_metadata, upgrade
 from tests.components.postgres import postgres_server  # noqa: F401  (the session's server fixture)
 
@@ -449,7 +455,8 @@ def test_processes_starting_at_once_migrate_once(database_url: str) -> None:
         for _ in range(3)
     ]
     results = [racer.communicate(timeout=120) for racer in racers]
-    assert [racer.returncode for racer in racers] == [0, 0, 0], [err for _, err in results]
+    if any(racer.returncode for racer in racers):  # the whole traceback: an assert's repr cuts it
+        pytest.fail("a racer failed:\n" + "\n".join(err for _, err in results if err))
     assert sorted(out.strip() for out, _ in results) == ["False", "False", "True"]
     engine = create_engine(database_url, poolclass=NullPool)
     try:
@@ -506,6 +513,55 @@ def test_an_upgrade_waits_for_the_one_in_progress(database_url: str) -> None:
         waiter.join()
         assert failures == []
         assert current(engine) == head()
+    finally:
+        engine.dispose()
+
+
+def refusing_begins(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """Make the migration's SQLite ``BEGIN`` fail at once with "database is locked" ``times`` times.
+
+    SQLite answers so, without waiting out the busy timeout, where waiting could deadlock: when two
+    connections turn a fresh file to WAL at the same moment, as processes starting together do.
+    """
+    refused: list[int] = []
+
+    def make_refusing_engine(*args: Any, **kwargs: Any) -> Engine:
+        writer = make_engine(*args, **kwargs)
+
+        def refuse(_connection: Connection) -> None:
+            if len(refused) < times:
+                refused.append(1)
+                locked = sqlite3.OperationalError("database is locked")
+                raise OperationalError("BEGIN IMMEDIATE", None, locked)  # as the driver's is raised
+
+        event.listen(writer, "begin", refuse, insert=True)
+        return writer
+
+    monkeypatch.setattr(migration, "make_engine", make_refusing_engine)
+    return refused
+
+
+def test_a_lock_refused_at_once_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = refusing_begins(monkeypatch, times=3)
+    engine = create_engine(f"sqlite:///{tmp_path}/cogserve.db", poolclass=NullPool)
+    try:
+        assert upgrade(engine).changed
+        assert len(refused) == 3
+        assert current(engine) == head()
+    finally:
+        engine.dispose()
+
+
+def test_a_lock_refused_past_the_wait_is_reported_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refusing_begins(monkeypatch, times=10**6)
+    monkeypatch.setattr(migration, "SQLITE_BUSY_MS", 300)
+    engine = create_engine(f"sqlite:///{tmp_path}/cogserve.db", poolclass=NullPool)
+    try:
+        with pytest.raises(StorageUnavailable, match="could not lock the schema for migration"):
+            upgrade(engine)
+        assert current(engine) is None
     finally:
         engine.dispose()
 

@@ -63,8 +63,9 @@ def make_engine(
 def _sqlite_hooks(engine: Engine, *, immediate: bool, busy_ms: int) -> None:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # The timeout first: turning a fresh file to WAL takes a lock another connection may hold.
         cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
         if immediate:

@@ -12,7 +12,8 @@ Processes sharing one database may start at once. The whole upgrade runs in one 
 (both backends have transactional DDL, so a failed upgrade leaves the schema as it was), and only
 one process runs it at a time: on PostgreSQL the transaction first takes an advisory lock
 (``pg_advisory_xact_lock``, released by the commit); on SQLite it is a ``BEGIN IMMEDIATE``
-transaction, whose write lock makes a second process's BEGIN wait (up to ``SQLITE_BUSY_MS``).
+transaction, whose write lock makes a second process's BEGIN wait (up to ``SQLITE_BUSY_MS``; a
+BEGIN that SQLite refuses at once, as it does where waiting could deadlock, is tried again).
 Either way the second process then finds the schema at head and does nothing. Within one process
 a thread lock serialises them too (Alembic's running context is global).
 
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +57,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, MetaData, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, RootTransaction, inspect, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from cogserve.errors import StorageError
@@ -207,13 +210,35 @@ def _exclusive(engine: Engine) -> Iterator[Connection]:
                 engine.url, immediate=True, sqlite_busy_ms=SQLITE_BUSY_MS, poolclass=NullPool
             )
             try:
-                with writer.connect() as connection, connection.begin():
+                connection, transaction = _begin_when_free(writer)
+                with connection, transaction:
                     yield connection
             finally:
                 writer.dispose()
             return
         with engine.connect() as connection, connection.begin():
             yield connection
+
+
+def _begin_when_free(writer: Engine) -> tuple[Connection, RootTransaction]:
+    """Connect and ``BEGIN IMMEDIATE``, trying again while SQLite answers "locked" (for a minute).
+
+    The busy timeout covers the usual wait, for the migrating process to commit, but SQLite skips
+    it where waiting could deadlock (two connections turning a fresh file to WAL at once) and says
+    "database is locked" at once. Processes starting together hit exactly that, so try again.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
+    while True:
+        connection = None
+        try:
+            connection = writer.connect()
+            return connection, connection.begin()
+        except OperationalError as exc:
+            if connection is not None:
+                connection.close()
+            if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def draft(message: str) -> Path:

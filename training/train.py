@@ -1,10 +1,10 @@
 """Train the built-in shapes model and export it as a diffusers CogView4 pipeline folder.
 
     python -m training.train                      # everything, resuming where it stopped
-    python -m training.train --steps 70000        # train the transformer further
+    python -m training.train --steps 100000       # train the transformer further
     python -m training.train --quick --work /tmp/t --out /tmp/t/model   # a smoke run (seconds)
     python -m training.train --device cuda --batch 256 --bank 16384 --minutes 8   # on a GPU
-    python -m training.train --steps 90000 --lr 2e-4 --minutes 90    # on a CPU, in the background
+    python -m training.train --steps 120000 --lr 2e-4 --minutes 90   # on a CPU, in the background
 
 The work folder keeps one checkpoint per stage (weights, optimizer, EMA, step); every stage resumes
 from its own, and the data stream is a function of the step, so an interrupted run continues exactly.
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--steps",
         type=int,
-        default=60000,
-        help="transformer steps in all, not more (the committed transformer is at 54,712)",
+        default=100000,
+        help="transformer steps in all, not more (the committed transformer is at 76,729)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument(

@@ -13,6 +13,7 @@ the same way. A transformer that drew every latent right would score this, no mo
     python benchmarks/shapes_eval.py                       # the full table (about 15 min on 2 cores)
     python benchmarks/shapes_eval.py --cases 8 --rows 512  # a quick look
     python benchmarks/shapes_eval.py --model-path /tmp/preview   # a model folder instead
+    python benchmarks/shapes_eval.py --rows 512 --by-template    # and a row per caption template
 
 Prints a Markdown table: one row per (size, language, shapes, quality), shares in percent, and the
 median seconds per image. Never fails on a score or a timing.
@@ -21,6 +22,7 @@ median seconds per image. Never fails on a score or a timing.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import time
@@ -49,6 +51,11 @@ class Row:
     held_out_scenes: bool = False
     scale: float = 1.0  # share of --cases (big sizes are slow on a CPU)
 
+    @property
+    def slug(self) -> str:
+        """The name as a file name: rows of one size and group must not overwrite each other."""
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
 
 ROWS = (
     Row("1 shape, 512², English", "512", 512, 512),
@@ -62,8 +69,17 @@ ROWS = (
 )
 
 
+#: Per caption template: its tally and one caption it made, for ``--by-template``.
+ByTemplate = dict[tuple[str, int], tuple[Tally, str]]
+
+
 def run_row(
-    engine: PipelineEngine, settings: ModelSettings, row: Row, count: int, failures: Path | None
+    engine: PipelineEngine,
+    settings: ModelSettings,
+    row: Row,
+    count: int,
+    failures: Path | None,
+    by_template: ByTemplate | None = None,
 ) -> Tally:
     tally = Tally()
     steps = settings.hd_steps if row.quality == "hd" else settings.standard_steps
@@ -85,9 +101,13 @@ def run_row(
         judgement = judge(image)
         result = verdict(judgement, case.scene.background, case.caption.mentions)
         tally.add(result, judgement.unclean, seconds)
+        if by_template is not None:
+            key = (case.caption.language, case.caption.template)
+            template_tally, _ = by_template.setdefault(key, (Tally(), case.caption.text))
+            template_tally.add(result, judgement.unclean, seconds)
         if failures is not None and not result.all_right:
             failures.mkdir(parents=True, exist_ok=True)
-            image.save(failures / f"{row.group}-{row.width}x{row.height}-{i:03d}.png")
+            image.save(failures / f"{row.slug}-{i:03d}.png")
             print(f"  miss: {case.caption.text!r} -> {judgement}", file=sys.stderr)
     return tally
 
@@ -134,6 +154,11 @@ def main() -> None:
     parser.add_argument("--hd-steps", type=int)
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--failures", type=Path, help="save the pictures that missed here")
+    parser.add_argument(
+        "--by-template",
+        action="store_true",
+        help="then a row per caption template, over the rows run (which phrasings it misreads)",
+    )
     args = parser.parse_args()
 
     overrides = {
@@ -171,16 +196,22 @@ def main() -> None:
     )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    by_template: ByTemplate | None = {} if args.by_template else None
     for row in ROWS:
         if args.rows not in ("all", row.group):
             continue
         count = max(2, round(args.cases * row.scale))
-        print_row(row.name, count, run_row(engine, settings, row, count, args.failures))
+        print_row(row.name, count, run_row(engine, settings, row, count, args.failures, by_template))
         sys.stdout.flush()
     model_path = Path(args.model_path) if args.model_path else SHAPES_PATH
     for shapes in (1, 2):
         tally = vae_round_trip(model_path, args.cases, shapes)
         print_row(f"VAE round trip, {shapes} shape{'s' * (shapes > 1)}, 512² (ceiling)", args.cases, tally)
+    if by_template:
+        print("\n| caption template (an example) | cases | " + " | ".join(header[2:]) + " |")
+        print("|" + "---|" * len(header))
+        for (language, template), (tally, example) in sorted(by_template.items()):
+            print_row(f"{language} {template} ({example[:48]})", tally.cases, tally)
 
 
 if __name__ == "__main__":

@@ -443,9 +443,9 @@ def flow_loss(
 
     ``shape_weight`` weighs the latent cells a shape touches, and the ring around them
     (``data.latent_mask``), ``1 + shape_weight`` times the rest (normalised, so the loss keeps its
-    scale). The optimum is the same velocity
-    everywhere; only where the model spends its capacity moves: a small star covers 2-4 of a
-    192² picture's 576 latent cells, so an unweighted loss is nearly all background."""
+    scale). The optimum is the same velocity everywhere; only where the model spends its capacity
+    moves: a small star covers 2-4 of a 192² picture's 576 latent cells, so an unweighted loss is
+    nearly all background."""
     rng = random.Random(SEED * 17 + step)
     noise_rng = torch.Generator().manual_seed(SEED * 19 + step)
     height, width = data.pick_bucket(rng, buckets)

@@ -224,8 +224,8 @@ def _begin_when_free(writer: Engine) -> tuple[Connection, RootTransaction]:
     """Connect and ``BEGIN IMMEDIATE``, trying again while SQLite answers "locked" (for a minute).
 
     The busy timeout covers the usual wait, for the migrating process to commit, but SQLite skips
-    it where waiting could deadlock (two connections turning a fresh file to WAL at once) and says
-    "database is locked" at once. Processes starting together hit exactly that, so try again.
+    it where waiting could deadlock (such as two connections turning a fresh file to WAL at once)
+    and says "database is locked" at once. Processes starting together can meet that, so try again.
     """
     deadline = time.monotonic() + SQLITE_BUSY_MS / 1000
     while True:

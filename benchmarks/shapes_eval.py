@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cogserve.engine.builtin import SHAPES_PATH
-from cogserve.engine.loader import native_pixels
+from cogserve.engine.loader import serving_hints
 from cogserve.engine.runner import PipelineEngine, enlarge, native_size
 from cogserve.engine.types import GenerationParams, generate_one
 from cogserve.settings import ModelSettings
@@ -120,7 +120,7 @@ def vae_round_trip(model_path: Path, count: int, shapes: int, width: int = 512, 
     from PIL import Image
 
     vae = AutoencoderKL.from_pretrained(model_path / "vae").eval()
-    drawn = native_size(width, height, native_pixels(str(model_path)))
+    drawn = native_size(width, height, serving_hints(str(model_path)).native_pixels)
     tally = Tally()
     for case in cases(count, width, height, shapes=shapes, languages=("en",)):
         exact = render(case.scene, *drawn)

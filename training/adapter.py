@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         text_encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
-        loss = stages.flow_loss(transformer, text_encoder, tokenizer, bank, BUCKETS, args.batch, step)
+        loss = stages.flow_loss(
+            transformer, text_encoder, tokenizer, bank, BUCKETS, args.batch, step, serving_padding=True
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)

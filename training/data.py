@@ -55,6 +55,11 @@ NATIVE_BUCKETS: tuple[tuple[int, int, float], ...] = (
 #: exported folder): a 512 px latent grid is four times the sides training shows, and a model this
 #: small does not carry its shapes over that far.
 NATIVE_PIXELS = 192 * 192
+#: Prompts are left-padded to at least this many tokens at serving (``cogserve.json``'s
+#: ``prompt_tokens``), and from ``stages.SERVING_PADDING_FROM`` on the transformer trains on its
+#: captions padded exactly so. The text encoder reads the pad tokens (the pipeline gives it no
+#: attention mask), so the padding changes a caption's text states, most of all its first words'.
+PROMPT_TOKENS = 32
 #: Images per step at 128x128; other buckets keep the token count about the same.
 BASE_BATCH = 32
 
@@ -165,16 +170,29 @@ def caption_for(rng: random.Random, scene: Scene, *, unconditional: float = 0.1)
     return describe(scene, rng, language, keep=rng.choice((0.6, 0.85, 1.0, 1.0)))
 
 
-def tokenize(tokenizer: object, texts: list[str], extra_pad: int = 0) -> torch.Tensor:
-    """Token ids exactly as CogView4Pipeline makes them: left-padded to the longest, then to x16."""
+def tokenize(tokenizer: object, texts: list[str], extra_pad: int = 0, min_tokens: int = 0) -> torch.Tensor:
+    """Token ids exactly as CogView4Pipeline makes them: left-padded to the longest, then to x16
+    (with ``min_tokens``: to at least that many first, as the engine pads for the shapes model)."""
     ids = tokenizer(texts, padding="longest", return_tensors="pt").input_ids  # type: ignore[operator]
     pad_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
-    length = ids.shape[1] + extra_pad
+    length = max(ids.shape[1] + extra_pad, min_tokens)
     length += (16 - length % 16) % 16
     if length > ids.shape[1]:
         pad = torch.full((ids.shape[0], length - ids.shape[1]), pad_id, dtype=ids.dtype)
         ids = torch.cat([pad, ids], dim=1)
     return ids
+
+
+def serving_groups(tokenizer: object, texts: list[str]) -> list[tuple[list[int], torch.Tensor]]:
+    """The captions' token ids as the engine pads each alone (``PROMPT_TOKENS`` at least, then to
+    x16), in groups of one length: each group's indices into ``texts``, and its ids."""
+    own = [len(tokenizer(text).input_ids) for text in texts]  # type: ignore[operator]
+    served = [max(n, PROMPT_TOKENS) + (-max(n, PROMPT_TOKENS) % 16) for n in own]
+    groups = []
+    for length in sorted(set(served)):
+        indices = [i for i, n in enumerate(served) if n == length]
+        groups.append((indices, tokenize(tokenizer, [texts[i] for i in indices], min_tokens=PROMPT_TOKENS)))
+    return groups
 
 
 def _render_array(job: tuple[Scene, int, int]) -> np.ndarray:

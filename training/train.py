@@ -57,7 +57,7 @@ def export(tokenizer: object, text_encoder: object, vae: object, transformer: ob
 
     def write(staging: Path) -> None:
         pipe.save_pretrained(staging, safe_serialization=True)
-        serving = {"native_pixels": data.NATIVE_PIXELS}
+        serving = {"native_pixels": data.NATIVE_PIXELS, "prompt_tokens": data.PROMPT_TOKENS}
         (staging / SERVING_FILE).write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
 
     stages.replace_folder(out, write)

@@ -128,7 +128,56 @@ def test_a_model_with_native_pixels_draws_small_and_answers_the_size_asked(
     assert np.array_equal(np.asarray(first), np.asarray(again))
 
 
-@pytest.mark.parametrize("hint", ['{"native_pixels": "big"}', '{"native_pixels": 10}', "not json"])
+def test_a_model_with_prompt_tokens_reads_prompts_padded_to_them(models_dir: Path, tmp_path: Path) -> None:
+    from cogserve.engine.runner import PipelineEngine
+
+    folder = _model_with_hint(models_dir, tmp_path, '{"prompt_tokens": 40}')
+    engine = PipelineEngine(ModelSettings(path=str(folder)), models_dir)
+    engine.load()
+    encoder, pad_id = engine._pipe.text_encoder, engine._pipe.tokenizer.pad_token_id
+    seen: list[torch.Tensor] = []
+    hook = encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    long_prompt = "a red circle on a blue background, " * 12
+    try:
+        generate_one(engine, PARAMS)
+        generate_one(engine, GenerationParams(**{**PARAMS.__dict__, "prompt": long_prompt}))
+    finally:
+        hook.remove()
+    short, empty, long, empty_again = seen  # each call: its prompt, then the empty negative prompt
+    own = engine._pipe.tokenizer(PARAMS.prompt).input_ids
+    # 40 tokens at least, then a multiple of 16: the pads on the left, the prompt's own ids after
+    assert short.shape == empty.shape == empty_again.shape == (1, 48)
+    assert short[0, -len(own) :].tolist() == own and set(short[0, : -len(own)].tolist()) == {pad_id}
+    assert long.shape[1] % 16 == 0 and long.shape[1] >= engine.count_prompt_tokens(long_prompt) > 48
+
+
+def test_padding_below_a_prompts_own_length_changes_nothing(models_dir: Path, tmp_path: Path) -> None:
+    """The engine's own encoding is the pipeline's, where the minimum adds no padding."""
+    from cogserve.engine.prompt_tokens import padded_prompt_embeds
+    from cogserve.engine.runner import PipelineEngine
+
+    engine = PipelineEngine(ModelSettings(path=str(_model_with_hint(models_dir, tmp_path, "{}"))), models_dir)
+    engine.load()
+    prompts = ["a red circle on a blue background", "一只可爱的小猫咪"]
+    with torch.inference_mode():
+        theirs, _ = engine._pipe.encode_prompt(prompts, do_classifier_free_guidance=False)
+        ours = padded_prompt_embeds(engine._pipe, prompts, 1)
+        padded = padded_prompt_embeds(engine._pipe, prompts, 40)
+    assert torch.equal(ours, theirs)
+    assert padded.shape[1] == 48 and not torch.allclose(padded[:, -ours.shape[1] :], ours)
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [
+        '{"native_pixels": "big"}',
+        '{"native_pixels": 10}',
+        "not json",
+        '{"prompt_tokens": 0}',
+        '{"prompt_tokens": 2000}',
+        '{"prompt_tokens": true}',
+    ],
+)
 def test_a_bad_serving_file_is_a_clear_error(models_dir: Path, tmp_path: Path, hint: str) -> None:
     from cogserve.engine.runner import PipelineEngine
 

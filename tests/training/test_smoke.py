@@ -50,7 +50,8 @@ def test_quick_training_run_exports_a_pipeline_that_resumes_and_draws(tmp_path: 
     assert "transformer: resuming at step 3 of 4" in again.stderr
     # Text steps after a transformer has learnt the encoder's states keep those states close.
     assert "text: a transformer reads these states" in again.stderr
-    assert json.loads((out / "cogserve.json").read_text())["native_pixels"] > 0
+    serving = json.loads((out / "cogserve.json").read_text())
+    assert serving["native_pixels"] > 0 and serving["prompt_tokens"] > 0  # how the engine serves it
 
     # A spent time budget: a stage with steps left stays where it stands (tests/training/test_stages.py
     # checks a budget that runs out mid-stage).

@@ -106,3 +106,22 @@ def test_the_latent_mask_covers_the_shapes_cells_whatever_their_colours() -> Non
     night = Scene("black", tuple(replace(s, colour="yellow") for s in scene.shapes))
     assert torch.equal(data.latent_mask(night, 192, 256), mask)
     assert data.latent_mask(Scene("green", ()), 192, 256).sum() == 0
+
+
+def test_serving_groups_pad_each_caption_as_the_engine_pads_it_alone() -> None:
+    from transformers import AutoTokenizer
+
+    from cogserve.engine.builtin import SHAPES_PATH
+
+    tokenizer = AutoTokenizer.from_pretrained(SHAPES_PATH / "tokenizer")
+    texts = ["a circle", "", "蓝色背景上，中间有一个大的橙色三角形", "a red circle, " * 12, "a blue star"]
+    groups = data.serving_groups(tokenizer, texts)
+    assert sorted(i for indices, _ in groups for i in indices) == list(range(len(texts)))
+    for indices, ids in groups:
+        for i, row in zip(indices, ids.tolist(), strict=True):
+            own = tokenizer(texts[i]).input_ids
+            length = max(len(own), data.PROMPT_TOKENS)
+            length += -length % 16
+            assert row == [tokenizer.pad_token_id] * (length - len(own)) + own
+    # the short captions share one call; the long one, padded less than the batch's longest, its own
+    assert [len(indices) for indices, _ in groups] == [4, 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from cogserve.engine.builtin import (
     ensure_builtin_model,
 )
 from cogserve.engine.modes import check_modes, place_and_apply, quantization_config
+from cogserve.engine.prompt_tokens import MAX_PROMPT_TOKENS
 from cogserve.errors import ConfigError
 from cogserve.logs import adopt_library_loggers
 from cogserve.settings import ModelSettings
@@ -123,31 +125,53 @@ def _quiet_libraries() -> None:
     adopt_library_loggers()
 
 
-#: A model folder may carry this file with how cogserve should serve it, e.g. ``{"native_pixels":
-#: 36864}``: the model draws at about that many pixels and the engine enlarges to the size asked for
-#: (the built-in shapes model, trained at 112-256 px a side). Diffusers ignores the file.
+#: A model folder may carry this file with how cogserve should serve it (diffusers ignores it), e.g.
+#: the built-in shapes model's ``{"native_pixels": 36864, "prompt_tokens": 48}``:
+#:
+#: - ``native_pixels``: the model draws at about that many pixels and the engine enlarges to the
+#:   size asked for (the shapes model trained at 112-256 px a side);
+#: - ``prompt_tokens``: prompts (and the empty negative prompt) are left-padded to at least that
+#:   many tokens. The pipeline pads only to a multiple of 16, and its text encoder reads the pad
+#:   tokens (no attention mask), so a model trained on batches padded to their longest caption
+#:   misreads the first words of a short prompt padded less than it ever saw.
 SERVING_FILE = "cogserve.json"
 
 
-def native_pixels(source: str) -> int | None:
+@dataclass(frozen=True)
+class ServingHints:
+    native_pixels: int | None = None
+    prompt_tokens: int | None = None
+
+
+def serving_hints(source: str) -> ServingHints:
     path = Path(source) / SERVING_FILE
     if not path.is_file():
-        return None
+        return ServingHints()
     try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("native_pixels")
+        hints = json.loads(path.read_text(encoding="utf-8"))
+        pixels, tokens = hints.get("native_pixels"), hints.get("prompt_tokens")
     except (OSError, ValueError, AttributeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from exc
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 16 * 16:
+    if pixels is not None and not _whole(pixels, 16 * 16):
         raise ConfigError(f"{path}: native_pixels must be a whole number of pixels, at least 256")
-    return value
+    if tokens is not None and not _whole(tokens, 1, MAX_PROMPT_TOKENS):
+        raise ConfigError(f"{path}: prompt_tokens must be a whole number from 1 to {MAX_PROMPT_TOKENS}")
+    return ServingHints(pixels, tokens)
+
+
+def _whole(value: object, least: int, most: int | None = None) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value >= least
+        and (most is None or value <= most)
+    )
 
 
 def load_pipeline(
     settings: ModelSettings, models_dir: Path, device: str
-) -> tuple[Any, str | None, int | None]:
-    """The pipeline, the built-in model's name (None for a given model) and its native pixels."""
+) -> tuple[Any, str | None, ServingHints]:
+    """The pipeline, the built-in model's name (None for a given model) and its serving hints."""
     _quiet_libraries()
     from diffusers import CogView4Pipeline
 
@@ -170,4 +194,4 @@ def load_pipeline(
     place_and_apply(pipe, settings, device)
     pipe.set_progress_bar_config(disable=True)
     log.debug("loaded %s on %s (%s)", builtin or source, device, str(dtype))  # "ready:" says it
-    return pipe, builtin, native_pixels(source)
+    return pipe, builtin, serving_hints(source)

@@ -29,3 +29,32 @@ def check_prompt_tokens(count: int, limit: int) -> None:
             f"prompt is {count} tokens; the model reads at most {limit} "
             "(shorten it: nothing past the limit would be drawn)"
         )
+
+
+def padded_prompt_embeds(pipe: Any, prompts: list[str], min_tokens: int) -> Any:
+    """The text states ``CogView4Pipeline`` makes for ``prompts``, with the token ids left-padded to
+    at least ``min_tokens`` (then to a multiple of 16, as the pipeline pads).
+
+    The pipeline pads only to the next multiple of 16, and its text encoder reads the pad tokens
+    (it is given no attention mask), so what a prompt's first words encode to depends on how much
+    padding precedes them. A model trained on batches padded to their longest caption needs its
+    prompts padded as much at serving (a model folder says so with ``prompt_tokens``).
+    """
+    import torch
+
+    tokenizer = pipe.tokenizer
+    ids = tokenizer(
+        prompts,
+        padding="longest",
+        max_length=MAX_PROMPT_TOKENS,
+        truncation=True,  # the server refused longer prompts already; the pipeline cuts here too
+        add_special_tokens=True,
+        return_tensors="pt",
+    ).input_ids
+    length = max(ids.shape[1], min_tokens)
+    length += -length % 16
+    if length > ids.shape[1]:
+        pad = torch.full((ids.shape[0], length - ids.shape[1]), tokenizer.pad_token_id, dtype=ids.dtype)
+        ids = torch.cat([pad, ids], dim=1)
+    states = pipe.text_encoder(ids.to(pipe._execution_device), output_hidden_states=True).hidden_states[-2]
+    return states.to(pipe.transformer.dtype)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from cogserve.engine.adapters import ResidentAdapters
-from cogserve.engine.loader import load_pipeline, resolve_device
+from cogserve.engine.loader import ServingHints, load_pipeline, resolve_device
 from cogserve.engine.lora import LoraRegistry, linear_shapes
-from cogserve.engine.prompt_tokens import MAX_PROMPT_TOKENS, count_prompt_tokens
+from cogserve.engine.prompt_tokens import MAX_PROMPT_TOKENS, count_prompt_tokens, padded_prompt_embeds
 from cogserve.engine.types import BatchItem, GenerationOutput, GenerationParams, ModelInfo, generate_one
 from cogserve.errors import ConfigError, GenerationFailed, Interrupted, OutOfMemory
 from cogserve.settings import ModelSettings
@@ -32,7 +32,7 @@ class PipelineEngine:
         self._models_dir = models_dir
         self._pipe: Any = None
         self._info: ModelInfo | None = None
-        self._native_pixels: int | None = None  # the model draws this small; the engine enlarges
+        self._hints = ServingHints()  # how the model folder asks to be served (cogserve.json)
         self._lock = threading.Lock()
         self._adapters: ResidentAdapters | None = None
         self._shapes: dict[str, tuple[int, int]] = {}
@@ -60,7 +60,7 @@ class PipelineEngine:
         if self._pipe is not None:
             return  # already loaded: tests and the CLI may share one engine between apps
         device = resolve_device(self._settings.device)
-        self._pipe, builtin, self._native_pixels = load_pipeline(self._settings, self._models_dir, device)
+        self._pipe, builtin, self._hints = load_pipeline(self._settings, self._models_dir, device)
         self._info = ModelInfo(
             name=builtin or str(self._settings.path),
             builtin=builtin is not None,
@@ -108,7 +108,7 @@ class PipelineEngine:
 
         # CPU generators: a seed gives the same starting noise on every device, alone or in a batch.
         generators = [torch.Generator(device="cpu").manual_seed(item.params.seed) for item in items]
-        drawn = native_size(first.width, first.height, self._native_pixels)
+        drawn = native_size(first.width, first.height, self._hints.native_pixels)
         latents = None
         if drawn != (first.width, first.height):
             # The pipeline still gets the served width and height (its noise schedule and size
@@ -134,10 +134,11 @@ class PipelineEngine:
         import torch
 
         first = items[0].params
+        prompts = [item.params.prompt for item in items]
         with torch.inference_mode():
             try:
                 return self._pipe(
-                    prompt=[item.params.prompt for item in items],
+                    **self._prompt_arguments(prompts),
                     width=first.width,
                     height=first.height,
                     num_inference_steps=first.steps,
@@ -156,6 +157,17 @@ class PipelineEngine:
                 ) from exc
             except Exception as exc:
                 raise GenerationFailed(f"image generation failed: {type(exc).__name__}: {exc}") from exc
+
+    def _prompt_arguments(self, prompts: list[str]) -> dict[str, Any]:
+        """The prompts as the pipeline takes them: as text, or as text states padded the way the
+        model folder asks (``prompt_tokens``), the empty negative prompt padded alike."""
+        least = self._hints.prompt_tokens
+        if least is None:
+            return {"prompt": prompts}
+        return {
+            "prompt_embeds": padded_prompt_embeds(self._pipe, prompts, least),
+            "negative_prompt_embeds": padded_prompt_embeds(self._pipe, [""] * len(prompts), least),
+        }
 
 
 def native_size(width: int, height: int, native_pixels: int | None) -> tuple[int, int]:

@@ -126,14 +126,14 @@ def _quiet_libraries() -> None:
 
 
 #: A model folder may carry this file with how cogserve should serve it (diffusers ignores it), e.g.
-#: the built-in shapes model's ``{"native_pixels": 36864, "prompt_tokens": 48}``:
+#: the built-in shapes model's ``{"native_pixels": 36864, "prompt_tokens": 32}``:
 #:
 #: - ``native_pixels``: the model draws at about that many pixels and the engine enlarges to the
 #:   size asked for (the shapes model trained at 112-256 px a side);
 #: - ``prompt_tokens``: prompts (and the empty negative prompt) are left-padded to at least that
 #:   many tokens. The pipeline pads only to a multiple of 16, and its text encoder reads the pad
 #:   tokens (no attention mask), so a model trained on batches padded to their longest caption
-#:   misreads the first words of a short prompt padded less than it ever saw.
+#:   misreads the first words of a short prompt padded far less than in training.
 SERVING_FILE = "cogserve.json"
 
 

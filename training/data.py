@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cogserve.engine.prompt_tokens import left_pad
 from cogserve.shapes.captions import Caption, describe, off_world
 from cogserve.shapes.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, render, sample_scene
 
@@ -175,24 +176,20 @@ def tokenize(tokenizer: object, texts: list[str], extra_pad: int = 0, min_tokens
     (with ``min_tokens``: to at least that many first, as the engine pads for the shapes model)."""
     ids = tokenizer(texts, padding="longest", return_tensors="pt").input_ids  # type: ignore[operator]
     pad_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
-    length = max(ids.shape[1] + extra_pad, min_tokens)
-    length += (16 - length % 16) % 16
-    if length > ids.shape[1]:
-        pad = torch.full((ids.shape[0], length - ids.shape[1]), pad_id, dtype=ids.dtype)
-        ids = torch.cat([pad, ids], dim=1)
-    return ids
+    return left_pad(ids, pad_id, max(ids.shape[1] + extra_pad, min_tokens))  # type: ignore[no-any-return]
 
 
 def serving_groups(tokenizer: object, texts: list[str]) -> list[tuple[list[int], torch.Tensor]]:
     """The captions' token ids as the engine pads each alone (``PROMPT_TOKENS`` at least, then to
     x16), in groups of one length: each group's indices into ``texts``, and its ids."""
-    own = [len(tokenizer(text).input_ids) for text in texts]  # type: ignore[operator]
-    served = [max(n, PROMPT_TOKENS) + (-max(n, PROMPT_TOKENS) % 16) for n in own]
-    groups = []
-    for length in sorted(set(served)):
-        indices = [i for i, n in enumerate(served) if n == length]
-        groups.append((indices, tokenize(tokenizer, [texts[i] for i in indices], min_tokens=PROMPT_TOKENS)))
-    return groups
+    by_length: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for index, text in enumerate(texts):
+        ids = tokenize(tokenizer, [text], min_tokens=PROMPT_TOKENS)
+        by_length.setdefault(ids.shape[1], []).append((index, ids))
+    return [
+        ([index for index, _ in group], torch.cat([ids for _, ids in group]))
+        for _, group in sorted(by_length.items())
+    ]
 
 
 def _render_array(job: tuple[Scene, int, int]) -> np.ndarray:

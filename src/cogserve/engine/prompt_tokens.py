@@ -40,8 +40,6 @@ def padded_prompt_embeds(pipe: Any, prompts: list[str], min_tokens: int) -> Any:
     padding precedes them. A model trained on batches padded to their longest caption needs its
     prompts padded as much at serving (a model folder says so with ``prompt_tokens``).
     """
-    import torch
-
     tokenizer = pipe.tokenizer
     ids = tokenizer(
         prompts,
@@ -51,10 +49,19 @@ def padded_prompt_embeds(pipe: Any, prompts: list[str], min_tokens: int) -> Any:
         add_special_tokens=True,
         return_tensors="pt",
     ).input_ids
-    length = max(ids.shape[1], min_tokens)
-    length += -length % 16
-    if length > ids.shape[1]:
-        pad = torch.full((ids.shape[0], length - ids.shape[1]), tokenizer.pad_token_id, dtype=ids.dtype)
-        ids = torch.cat([pad, ids], dim=1)
+    ids = left_pad(ids, tokenizer.pad_token_id, min_tokens)
     states = pipe.text_encoder(ids.to(pipe._execution_device), output_hidden_states=True).hidden_states[-2]
     return states.to(pipe.transformer.dtype)
+
+
+def left_pad(ids: Any, pad_id: int, min_tokens: int) -> Any:
+    """Token ids (a batch, one row a prompt) left-padded with ``pad_id`` to at least ``min_tokens``,
+    then to a multiple of 16: the pipeline's padding, which training pads its captions with too."""
+    import torch
+
+    length = max(ids.shape[1], min_tokens)
+    length += -length % 16
+    if length == ids.shape[1]:
+        return ids
+    pad = torch.full((ids.shape[0], length - ids.shape[1]), pad_id, dtype=ids.dtype, device=ids.device)
+    return torch.cat([pad, ids], dim=1)

@@ -125,3 +125,71 @@ def test_serving_groups_pad_each_caption_as_the_engine_pads_it_alone() -> None:
             assert row == [tokenizer.pad_token_id] * (length - len(own)) + own
     # the short captions share one call; the long one, padded less than the batch's longest, its own
     assert [len(indices) for indices, _ in groups] == [4, 1]
+
+
+def _tiny_transformer(layers: int) -> nn.Module:
+    from dataclasses import replace
+
+    from training import recipe
+
+    model = recipe.build_transformer(replace(recipe.SIZES, layers=layers, heads=2, head_dim=16))
+    stages.zero_init(model)  # type: ignore[arg-type]
+    return model  # type: ignore[return-value]
+
+
+def _forward(model: nn.Module) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    return model(  # type: ignore[no-any-return]
+        hidden_states=torch.randn(2, 16, 8, 8, generator=generator),
+        encoder_hidden_states=torch.randn(2, 16, 128, generator=generator),
+        timestep=torch.tensor([700.0, 200.0]),
+        original_size=torch.tensor([[512.0, 512.0]] * 2),
+        target_size=torch.tensor([[512.0, 512.0]] * 2),
+        crop_coords=torch.zeros(2, 2),
+        return_dict=False,
+    )[0]
+
+
+def test_a_grown_transformer_draws_what_the_smaller_one_drew_and_keeps_its_optimizer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = _tiny_transformer(2)
+    optimizer = torch.optim.AdamW(small.parameters(), lr=1e-2)
+    for _ in range(3):  # trained a little, so no block is the identity and Adam has moments
+        optimizer.zero_grad()
+        _forward(small).pow(2).mean().backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    path = tmp_path / "transformer.pt"
+    small_state = {k: v.clone() for k, v in small.state_dict().items()}
+    stages.save_atomic(
+        {"step": 3, "transformer": small_state, "ema": small_state, "optimizer": optimizer.state_dict()}, path
+    )
+
+    big = _tiny_transformer(4)
+    with caplog.at_level(logging.INFO, logger="training"):
+        stages.grow_checkpoint(path, big)
+    assert "grown from 2 to 4 blocks at step 3" in caplog.text
+    grown = torch.load(path, weights_only=False)
+    big.load_state_dict(grown["ema"])
+    with torch.no_grad():
+        assert torch.equal(_forward(big), _forward(small))
+    assert torch.equal(
+        grown["transformer"]["transformer_blocks.2.attn1.to_q.weight"],
+        small_state["transformer_blocks.1.attn1.to_q.weight"],
+    )
+
+    resumed = torch.optim.AdamW(big.parameters(), lr=1e-2)
+    resumed.load_state_dict(grown["optimizer"])
+    moved = dict(zip((n for n, _ in big.named_parameters()), big.parameters(), strict=True))
+    old = dict(zip((n for n, _ in small.named_parameters()), small.parameters(), strict=True))
+    assert torch.equal(
+        resumed.state[moved["transformer_blocks.2.ff.net.2.weight"]]["exp_avg"],
+        optimizer.state[old["transformer_blocks.1.ff.net.2.weight"]]["exp_avg"],
+    )
+    assert moved["transformer_blocks.1.ff.net.2.weight"] not in resumed.state  # a new block: no moments
+    resumed.zero_grad()
+    _forward(big).pow(2).mean().backward()  # type: ignore[no-untyped-call]
+    resumed.step()  # the grown model trains on
+
+    stages.grow_checkpoint(path, big)  # already grown: left as it is
+    assert torch.equal(torch.load(path, weights_only=False)["ema"]["proj_out.weight"], grown["ema"]["proj_out.weight"])

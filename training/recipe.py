@@ -25,7 +25,7 @@ class Sizes:
     text_kv_heads: int = 2
     text_head_dim: int = 32
     text_intermediate: int = 256
-    layers: int = 8  # 4 up to transformer step 76,729 (``stages.GROWN_AT``)
+    layers: int = 4
     heads: int = 4
     head_dim: int = 32
     time_embed_dim: int = 128

@@ -511,58 +511,6 @@ SHAPE_WEIGHT = 3.0
 SERVING_PADDING_FROM = 76_729
 
 
-#: Up to this step the transformer had 4 blocks; then ``grow_checkpoint`` gave it 8 (``recipe.Sizes``):
-#: after each trained block, a new one that starts as the identity, so the grown model draws exactly
-#: what the smaller one drew and trains on from there. At 4 blocks the loss had stopped falling
-#: (flat at 0.091 over 10,000 steps) while the shapes' outlines were still blobs.
-GROWN_AT = 76_729
-
-
-def grow_checkpoint(path: Path, transformer: nn.Module) -> None:
-    """Rewrite the transformer checkpoint at ``path`` for ``transformer``'s depth if it has fewer blocks.
-
-    Old block ``i`` becomes block ``i * new // old``; the blocks in between are ``transformer``'s own,
-    which ``zero_init`` made the identity. The EMA copy is grown the same way and the optimizer keeps
-    each trained parameter's moments (new parameters start without any, as Adam starts)."""
-    state = load(path)
-    if state is None:
-        return
-    names = [name for name, _ in transformer.named_parameters()]
-    new = len(transformer.transformer_blocks)  # type: ignore[arg-type]
-    old = 1 + max(int(k.split(".")[1]) for k in state["transformer"] if k.startswith("transformer_blocks."))
-    if old >= new:
-        return
-    moved = {i * new // old: i for i in range(old)}
-
-    def old_name(name: str) -> str | None:
-        """The checkpoint's name for ``name``; None for a new block's parameter."""
-        if not name.startswith("transformer_blocks."):
-            return name
-        _, index, rest = name.split(".", 2)
-        source = moved.get(int(index))
-        return None if source is None else f"transformer_blocks.{source}.{rest}"
-
-    fresh = transformer.state_dict()
-    for key in ("transformer", "ema"):
-        state[key] = {
-            name: fresh[name] if old_name(name) is None else state[key][old_name(name)]  # type: ignore[index]
-            for name in fresh
-        }
-    # The optimizer numbers parameters in ``named_parameters`` order: the old numbering is the new
-    # order without the new blocks.
-    kept = [name for name in names if old_name(name) is not None]
-    old_index = {name: i for i, name in enumerate(kept)}
-    moments = state["optimizer"]["state"]
-    state["optimizer"]["state"] = {
-        i: moments[old_index[name]]
-        for i, name in enumerate(names)
-        if name in old_index and old_index[name] in moments
-    }
-    state["optimizer"]["param_groups"][0]["params"] = list(range(len(names)))
-    save_atomic(state, path)
-    log.info("transformer: grown from %d to %d blocks at step %d", old, new, state["step"])
-
-
 def train_transformer(
     transformer: nn.Module,
     ema: nn.Module,
@@ -583,7 +531,6 @@ def train_transformer(
     for module in (text_encoder, vae, ema):
         module.requires_grad_(False)
     bank = data.LatentBank(vae, scale, work, per_bucket=bank_size)
-    grow_checkpoint(work / "transformer.pt", transformer)
     # The EMA update as one fused call per step instead of one small kernel per parameter.
     ema_params, params = list(ema.parameters()), list(transformer.parameters())
 

@@ -14,6 +14,7 @@ the same way. A transformer that drew every latent right would score this, no mo
     python benchmarks/shapes_eval.py --cases 8 --rows 512  # a quick look
     python benchmarks/shapes_eval.py --model-path /tmp/preview   # a model folder instead
     python benchmarks/shapes_eval.py --rows 512 --by-template    # and a row per caption template
+    python benchmarks/shapes_eval.py --rows 512 --by-shape       # and a row per size and shape asked
 
 Prints a Markdown table: one row per (size, language, shapes, quality), shares in percent, and the
 median seconds per image. Never fails on a score or a timing.
@@ -26,7 +27,8 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cogserve.engine.builtin import SHAPES_PATH
@@ -35,7 +37,7 @@ from cogserve.engine.runner import PipelineEngine, enlarge, native_size
 from cogserve.engine.types import GenerationParams, generate_one
 from cogserve.settings import ModelSettings
 from cogserve.shapes.evaluation import Case, Tally, cases
-from cogserve.shapes.judge import judge, verdict
+from cogserve.shapes.judge import Verdict, judge, verdict
 from cogserve.shapes.world import render
 
 
@@ -69,8 +71,32 @@ ROWS = (
 )
 
 
-#: Per caption template: its tally and one caption it made, for ``--by-template``.
-ByTemplate = dict[tuple[str, int], tuple[Tally, str]]
+@dataclass
+class Breakdown:
+    """An extra table: the cases of the rows run, one row per key ``key_of`` gives a case (None:
+    left out), each with its tally and one caption it covers."""
+
+    title: str
+    key_of: Callable[[Case], str | None]
+    rows: dict[str, tuple[Tally, str]] = field(default_factory=dict)
+
+    def add(self, case: Case, result: Verdict, unclean: float, seconds: float) -> None:
+        key = self.key_of(case)
+        if key is not None:
+            tally, _ = self.rows.setdefault(key, (Tally(), case.caption.text))
+            tally.add(result, unclean, seconds)
+
+
+def template_of(case: Case) -> str:
+    """``--by-template``: which phrasings the model misreads."""
+    return f"{case.caption.language} {case.caption.template}"
+
+
+def shape_of(case: Case) -> str | None:
+    """``--by-shape``: one-shape scenes by the size and class asked for (which outlines are lost)."""
+    if len(case.scene.shapes) != 1:
+        return None
+    return f"{case.scene.shapes[0].size} {case.scene.shapes[0].shape}"
 
 
 def run_row(
@@ -79,7 +105,7 @@ def run_row(
     row: Row,
     count: int,
     failures: Path | None,
-    by_template: ByTemplate | None = None,
+    breakdowns: tuple[Breakdown, ...] = (),
 ) -> Tally:
     tally = Tally()
     steps = settings.hd_steps if row.quality == "hd" else settings.standard_steps
@@ -101,10 +127,8 @@ def run_row(
         judgement = judge(image)
         result = verdict(judgement, case.scene.background, case.caption.mentions)
         tally.add(result, judgement.unclean, seconds)
-        if by_template is not None:
-            key = (case.caption.language, case.caption.template)
-            template_tally, _ = by_template.setdefault(key, (Tally(), case.caption.text))
-            template_tally.add(result, judgement.unclean, seconds)
+        for breakdown in breakdowns:
+            breakdown.add(case, result, judgement.unclean, seconds)
         if failures is not None and not result.all_right:
             failures.mkdir(parents=True, exist_ok=True)
             image.save(failures / f"{row.slug}-{i:03d}.png")
@@ -112,7 +136,14 @@ def run_row(
     return tally
 
 
-def vae_round_trip(model_path: Path, count: int, shapes: int, width: int = 512, height: int = 512) -> Tally:
+def vae_round_trip(
+    model_path: Path,
+    count: int,
+    shapes: int,
+    width: int = 512,
+    height: int = 512,
+    breakdowns: tuple[Breakdown, ...] = (),
+) -> Tally:
     """The VAE's ceiling: exact renders at the drawn size, through the VAE, enlarged, judged."""
     import numpy as np
     import torch
@@ -132,7 +163,10 @@ def vae_round_trip(model_path: Path, count: int, shapes: int, width: int = 512, 
         image = enlarge(Image.fromarray(array), width, height)
         judgement = judge(image)
         result = verdict(judgement, case.scene.background, case.caption.mentions)
-        tally.add(result, judgement.unclean, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        tally.add(result, judgement.unclean, seconds)
+        for breakdown in breakdowns:
+            breakdown.add(case, result, judgement.unclean, seconds)
     return tally
 
 
@@ -158,6 +192,12 @@ def main() -> None:
         "--by-template",
         action="store_true",
         help="then a row per caption template, over the rows run (which phrasings it misreads)",
+    )
+    parser.add_argument(
+        "--by-shape",
+        action="store_true",
+        help="then a row per size and shape asked, over the one-shape rows run and over the ceiling's "
+        "(which outlines are lost, and whether the VAE loses them too)",
     )
     args = parser.parse_args()
 
@@ -196,22 +236,28 @@ def main() -> None:
     )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    by_template: ByTemplate | None = {} if args.by_template else None
+    breakdowns: tuple[Breakdown, ...] = ()
+    if args.by_template:
+        breakdowns += (Breakdown("caption template (an example)", template_of),)
+    if args.by_shape:
+        breakdowns += (Breakdown("size and shape asked (an example)", shape_of),)
+    ceiling = Breakdown("VAE round trip, size and shape (an example)", shape_of)
     for row in ROWS:
         if args.rows not in ("all", row.group):
             continue
         count = max(2, round(args.cases * row.scale))
-        print_row(row.name, count, run_row(engine, settings, row, count, args.failures, by_template))
+        print_row(row.name, count, run_row(engine, settings, row, count, args.failures, breakdowns))
         sys.stdout.flush()
     model_path = Path(args.model_path) if args.model_path else SHAPES_PATH
     for shapes in (1, 2):
-        tally = vae_round_trip(model_path, args.cases, shapes)
+        tally = vae_round_trip(model_path, args.cases, shapes, breakdowns=(ceiling,) if args.by_shape else ())
         print_row(f"VAE round trip, {shapes} shape{'s' * (shapes > 1)}, 512² (ceiling)", args.cases, tally)
-    if by_template:
-        print("\n| caption template (an example) | cases | " + " | ".join(header[2:]) + " |")
-        print("|" + "---|" * len(header))
-        for (language, template), (tally, example) in sorted(by_template.items()):
-            print_row(f"{language} {template} ({example[:48]})", tally.cases, tally)
+    for breakdown in (*breakdowns, ceiling):
+        if breakdown.rows:
+            print(f"\n| {breakdown.title} | cases | " + " | ".join(header[2:]) + " |")
+            print("|" + "---|" * len(header))
+            for key, (tally, example) in sorted(breakdown.rows.items()):
+                print_row(f"{key} ({example[:48]})", tally.cases, tally)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``benchmarks/shapes_eval.py``, the shapes model's evaluation, run as a user runs it (a few cases).
 
 It never fails on a score, so this checks what it prints: a row per evaluated row with its case
-count, the VAE ceiling rows, the per-template rows, and the missed pictures saved one file each.
+count, the VAE ceiling rows, the per-template and per-shape rows, and the missed pictures saved one
+file each.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ def table_rows(text: str) -> dict[str, list[str]]:
     return rows
 
 
-def test_the_evaluation_prints_its_table_per_row_and_per_template(tmp_path: Path) -> None:
+def test_the_evaluation_prints_its_table_per_row_per_template_and_per_shape(tmp_path: Path) -> None:
     failures = tmp_path / "missed"
-    options = ["--cases", "3", "--rows", "512", "--by-template", "--failures", str(failures)]
+    options = ["--cases", "3", "--rows", "512", "--by-template", "--by-shape", "--failures", str(failures)]
     run = subprocess.run(
         [sys.executable, "benchmarks/shapes_eval.py", *options],
         cwd=ROOT,
@@ -51,5 +52,13 @@ def test_the_evaluation_prints_its_table_per_row_and_per_template(tmp_path: Path
     # The per-template rows split the model's cases (the ceiling rows draw no caption).
     drawn = sum(int(cells[0]) for name, cells in rows.items() if name.startswith(("1 shape", "2 shapes")))
     assert sum(int(cells[0]) for cells in templates.values()) == drawn
+    # The per-shape rows split the one-shape cases: the model's first, then the ceiling's.
+    tables = run.stdout.split("\n\n")
+    shape_table = table_rows(next(t for t in tables if "size and shape asked" in t))
+    ceiling_table = table_rows(next(t for t in tables if "VAE round trip, size and shape" in t))
+    assert all(name.split()[0] in ("small", "medium", "large") for name in (*shape_table, *ceiling_table))
+    one_shape = sum(int(cells[0]) for name, cells in rows.items() if name.startswith("1 shape"))
+    assert sum(int(cells[0]) for cells in shape_table.values()) == one_shape
+    assert sum(int(cells[0]) for cells in ceiling_table.values()) == 3
     missed = run.stderr.count("  miss: ")
     assert len(list(failures.glob("*.png"))) == missed  # one file each: no row overwrites another

@@ -13,6 +13,7 @@ from cogserve.shapes.world import (
     PALETTE,
     SIZE_RANGES,
     Scene,
+    Shape,
     is_held_out,
     place,
     render,
@@ -89,3 +90,20 @@ def test_evaluation_cases_are_deterministic_and_held_out() -> None:
     assert first == cases(10, 512, 512, languages=("en", "zh"), held_out_scenes=True)
     assert all(is_held_out(case.scene.shapes[0]) for case in first)
     assert {case.caption.language for case in first} == {"en", "zh"}
+
+
+@pytest.mark.parametrize("kind", ["star", "triangle", "circle", "square"])
+def test_the_judge_reads_a_shape_with_blunted_corners_as_that_shape(kind: str) -> None:
+    """A model, or its VAE, gives a medium star back with rounded points: it still reads as a star
+    (a concave outline with five points, as a person reads it), and rounded convex shapes do not
+    become stars."""
+    from PIL import ImageFilter
+
+    shape = Shape("white", kind, "medium", "center", 0.28, 0.5, 0.5)  # type: ignore[arg-type]
+    scene = Scene("blue", (shape,))
+    # Drawn at 96 px, blurred, enlarged: about what the 192 px VAE round trip does to a star.
+    blunted = render(scene, 96, 96).filter(ImageFilter.GaussianBlur(1.5)).resize((512, 512))
+    found = judge(blunted).find("white")
+    assert found is not None and found.shape == kind, found
+    if kind == "star":
+        assert found.fill > 0.42  # a triangle's fill, by the bounding box alone

@@ -7,7 +7,6 @@ size/position combinations and held-out templates never appear here.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -222,7 +221,6 @@ class LatentBank:
         self._restyle, self._name = restyle, name
         self._device = next(vae.parameters()).device
         self._banks: dict[tuple[int, int], tuple[list[Scene], torch.Tensor]] = {}
-        self._favoured: dict[tuple[int, int, Callable[[Scene], float]], list[float]] = {}
 
     def _bank(self, height: int, width: int) -> tuple[list[Scene], torch.Tensor]:
         key = (height, width)
@@ -265,34 +263,15 @@ class LatentBank:
         images = torch.from_numpy(np.stack(arrays)).to(self._device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return (self._vae.encode(images).latent_dist.mean * self._scale).cpu()  # type: ignore[operator]
 
-    def _cumulative(self, height: int, width: int, favour: Callable[[Scene], float]) -> list[float]:
-        key = (height, width, favour)
-        if key not in self._favoured:
-            scenes, _ = self._bank(height, width)
-            self._favoured[key] = list(itertools.accumulate(favour(scene) for scene in scenes))
-        return self._favoured[key]
-
     def prepare(self, buckets: tuple[tuple[int, int, float], ...]) -> None:
         """Load or build every bucket's bank before training (the render pool forks only here)."""
         for height, width, _ in buckets:
             self._bank(height, width)
 
     def batch(
-        self,
-        rng: random.Random,
-        height: int,
-        width: int,
-        count: int,
-        favour: Callable[[Scene], float] | None = None,
+        self, rng: random.Random, height: int, width: int, count: int
     ) -> tuple[list[Scene], torch.Tensor]:
-        """``count`` scenes of the bank with their latents; with ``favour``, each scene is drawn
-        in proportion to ``favour(scene)`` instead of uniformly."""
         scenes, latents = self._bank(height, width)
-        if favour is None:
-            picks = [rng.randrange(len(scenes)) for _ in range(count)]
-        else:
-            picks = rng.choices(
-                range(len(scenes)), cum_weights=self._cumulative(height, width, favour), k=count
-            )
+        picks = [rng.randrange(len(scenes)) for _ in range(count)]
         index = torch.tensor(picks, device=latents.device)
         return [scenes[i] for i in picks], latents[index]

@@ -438,7 +438,6 @@ def flow_loss(
     step: int,
     shape_weight: float = 0.0,
     serving_padding: bool = False,
-    star_weight: float = 0.0,
 ) -> torch.Tensor:
     """The rectified-flow (velocity) loss of step ``step``'s batch: a bucket, scenes with their
     latents from ``bank``, fresh captions, noise levels as the pipeline meets them at served sizes.
@@ -450,17 +449,12 @@ def flow_loss(
     nearly all background.
 
     ``serving_padding`` pads each caption as the engine pads a prompt (``data.serving_groups``);
-    otherwise the batch is padded to its longest caption, as the pipeline pads a batch.
-
-    ``star_weight`` adds that much more weight on the cells of the stars (and their ring), and
-    draws scenes with a star ``STAR_FAVOUR`` times as often: stars are the outline the model
-    misses most (``benchmarks/shapes_eval.py --by-shape``)."""
+    otherwise the batch is padded to its longest caption, as the pipeline pads a batch."""
     rng = random.Random(SEED * 17 + step)
     noise_rng = torch.Generator().manual_seed(SEED * 19 + step)
     height, width = data.pick_bucket(rng, buckets)
     count = data.batch_size_for(height, width, base_batch)
-    favour = has_star_favoured if star_weight else None
-    scenes, latents = bank.batch(rng, height, width, count, favour)
+    scenes, latents = bank.batch(rng, height, width, count)
     captions = [data.caption_for(rng, scene) for scene in scenes]
     device = device_of(transformer)
     size = serving_sizes(rng, height, width, count)
@@ -499,18 +493,7 @@ def flow_loss(
         return error.mean()
     masks = torch.stack([data.latent_mask(scenes[i], height, width) for i in order]).to(device)
     weights = 1.0 + shape_weight * masks
-    if star_weight:
-        star_masks = [data.latent_mask(stars_only(scenes[i]), height, width) for i in order]
-        weights = weights + star_weight * torch.stack(star_masks).to(device)
     return (weights * error).mean() / weights.mean()
-
-
-def stars_only(scene: data.Scene) -> data.Scene:
-    return data.Scene(scene.background, tuple(s for s in scene.shapes if s.shape == "star"))
-
-
-def has_star_favoured(scene: data.Scene) -> float:
-    return STAR_FAVOUR if any(s.shape == "star" for s in scene.shapes) else 1.0
 
 
 #: From this step on the transformer trains only at the sizes the engine draws at
@@ -526,10 +509,6 @@ SHAPE_WEIGHT = 3.0
 #: its batch; served padded to x16 only, captions naming the background first lost it on about
 #: half of their pictures (17,616 more steps drawing those templates 3x as often changed nothing).
 SERVING_PADDING_FROM = 76_729
-#: In these steps the stars weigh more (``flow_loss``'s ``star_weight``) and come more often.
-STAR_STEPS = range(76_729, 86_218)
-STAR_WEIGHT = 8.0
-STAR_FAVOUR = 2.0
 
 
 def train_transformer(
@@ -567,7 +546,6 @@ def train_transformer(
             step,
             shape_weight=SHAPE_WEIGHT if native else 0.0,
             serving_padding=step >= SERVING_PADDING_FROM,
-            star_weight=STAR_WEIGHT if step in STAR_STEPS else 0.0,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -125,38 +125,3 @@ def test_serving_groups_pad_each_caption_as_the_engine_pads_it_alone() -> None:
             assert row == [tokenizer.pad_token_id] * (length - len(own)) + own
     # the short captions share one call; the long one, padded less than the batch's longest, its own
     assert [len(indices) for indices, _ in groups] == [4, 1]
-
-
-def test_a_favoured_bank_draws_the_star_scenes_in_proportion(tmp_path: Path) -> None:
-    from cogserve.shapes.world import sample_scene
-
-    rng = random.Random(3)
-    scenes = [sample_scene(rng, 1.0) for _ in range(224)]
-    torch.save(
-        {"scenes": scenes, "latents": torch.zeros(224, 16, 24, 24)}, tmp_path / "latents-192x192-224.pt"
-    )
-    # a bank of 224 scenes at 192x192 is what ``per_bucket`` 512 asks for (14 pictures a step at
-    # 192² for 32 at 128²), so the bank loads from the file and needs no VAE
-    bank = data.LatentBank(nn.Linear(1, 1), 1.0, tmp_path, per_bucket=512)
-    starry = sum(stages.has_star_favoured(scene) > 1 for scene in scenes) / len(scenes)
-
-    def share(favour: object) -> float:
-        drawn, _ = bank.batch(random.Random(5), 192, 192, 4000, favour)  # type: ignore[arg-type]
-        return sum(any(s.shape == "star" for s in scene.shapes) for scene in drawn) / len(drawn)
-
-    expected = stages.STAR_FAVOUR * starry / (stages.STAR_FAVOUR * starry + 1 - starry)
-    assert abs(share(None) - starry) < 0.03
-    assert abs(share(stages.has_star_favoured) - expected) < 0.03
-
-
-def test_the_star_weight_falls_on_the_stars_cells_only() -> None:
-    from cogserve.shapes.world import Scene, Shape
-
-    star = Shape("red", "star", "medium", "top-left", 0.3, 0.2, 0.2)
-    circle = Shape("blue", "circle", "large", "center", 0.5, 0.6, 0.6)
-    scene = Scene("white", (star, circle))
-    stars = data.latent_mask(stages.stars_only(scene), 192, 192)
-    both = data.latent_mask(scene, 192, 192)
-    assert stars.sum() > 0 and (stars <= both).all()  # inside the shapes' mask
-    assert stars[0, 5, 5] == 1 and stars[0, 14, 14] == 0  # the star's cells, not the circle's
-    assert data.latent_mask(stages.stars_only(Scene("white", (circle,))), 192, 192).sum() == 0

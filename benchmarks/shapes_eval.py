@@ -31,13 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from cogserve.engine.builtin import SHAPES_PATH
 from cogserve.engine.loader import serving_hints
 from cogserve.engine.runner import PipelineEngine, enlarge, native_size
 from cogserve.engine.types import GenerationParams, generate_one
 from cogserve.settings import ModelSettings
 from cogserve.shapes.evaluation import Case, Tally, cases
-from cogserve.shapes.judge import Verdict, judge, verdict
+from cogserve.shapes.judge import Judgement, Verdict, judge, verdict
 from cogserve.shapes.world import render
 
 
@@ -99,6 +101,18 @@ def shape_of(case: Case) -> str | None:
     return f"{case.scene.shapes[0].size} {case.scene.shapes[0].shape}"
 
 
+def score(
+    case: Case, image: Image.Image, seconds: float, tally: Tally, breakdowns: tuple[Breakdown, ...]
+) -> tuple[Judgement, Verdict]:
+    """Judge ``image`` against ``case``; count it in ``tally`` and in each breakdown."""
+    judgement = judge(image)
+    result = verdict(judgement, case.scene.background, case.caption.mentions)
+    tally.add(result, judgement.unclean, seconds)
+    for breakdown in breakdowns:
+        breakdown.add(case, result, judgement.unclean, seconds)
+    return judgement, result
+
+
 def run_row(
     engine: PipelineEngine,
     settings: ModelSettings,
@@ -123,12 +137,7 @@ def run_row(
         )
         started = time.perf_counter()
         image = generate_one(engine, params).image
-        seconds = time.perf_counter() - started
-        judgement = judge(image)
-        result = verdict(judgement, case.scene.background, case.caption.mentions)
-        tally.add(result, judgement.unclean, seconds)
-        for breakdown in breakdowns:
-            breakdown.add(case, result, judgement.unclean, seconds)
+        judgement, result = score(case, image, time.perf_counter() - started, tally, breakdowns)
         if failures is not None and not result.all_right:
             failures.mkdir(parents=True, exist_ok=True)
             image.save(failures / f"{row.slug}-{i:03d}.png")
@@ -148,7 +157,6 @@ def vae_round_trip(
     import numpy as np
     import torch
     from diffusers import AutoencoderKL
-    from PIL import Image
 
     vae = AutoencoderKL.from_pretrained(model_path / "vae").eval()
     drawn = native_size(width, height, serving_hints(str(model_path)).native_pixels)
@@ -161,12 +169,7 @@ def vae_round_trip(
             decoded = vae.decode(vae.encode(pixels).latent_dist.mean).sample[0]
         array = ((decoded.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
         image = enlarge(Image.fromarray(array), width, height)
-        judgement = judge(image)
-        result = verdict(judgement, case.scene.background, case.caption.mentions)
-        seconds = time.perf_counter() - started
-        tally.add(result, judgement.unclean, seconds)
-        for breakdown in breakdowns:
-            breakdown.add(case, result, judgement.unclean, seconds)
+        score(case, image, time.perf_counter() - started, tally, breakdowns)
     return tally
 
 
@@ -237,13 +240,12 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     breakdowns: tuple[Breakdown, ...] = ()
+    ceiling: tuple[Breakdown, ...] = ()
     if args.by_template:
         breakdowns += (Breakdown("caption template (an example)", template_of),)
     if args.by_shape:
         breakdowns += (Breakdown("size and shape asked (an example)", shape_of),)
-    # The ceiling's cases by shape: whether the VAE already loses an outline the model misses.
-    ceiling: tuple[Breakdown, ...] = ()
-    if args.by_shape:
+        # The ceiling's cases by shape too: whether the VAE already loses an outline the model misses.
         ceiling = (Breakdown("VAE round trip, size and shape (an example)", shape_of),)
     for row in ROWS:
         if args.rows not in ("all", row.group):

@@ -52,10 +52,25 @@ NATIVE_BUCKETS: tuple[tuple[int, int, float], ...] = (
     (224, 224, 0.06),
     (128, 128, 0.06),
 )
-#: What the served model draws at before the engine enlarges the picture (``cogserve.json`` in the
-#: exported folder): a 512 px latent grid is four times the sides training shows, and a model this
-#: small does not carry its shapes over that far.
-NATIVE_PIXELS = 192 * 192
+#: The side of the square the served model draws at before the engine enlarges the picture
+#: (``cogserve.json``'s ``native_pixels`` in the exported folder is its square): a 512 px latent grid
+#: is four times the sides training shows, and a model this small does not carry its shapes over
+#: that far. ``python -m training.train --draw-side N`` trains and exports another (``native_buckets``).
+NATIVE_SIDE = 192
+NATIVE_PIXELS = NATIVE_SIDE * NATIVE_SIDE
+
+
+def native_buckets(side: int) -> tuple[tuple[int, int, float], ...]:
+    """``NATIVE_BUCKETS`` for a model that draws at about ``side``² instead of ``NATIVE_SIDE``²: each
+    size scaled by ``side / NATIVE_SIDE`` and rounded to a multiple of 16 (8 px a latent cell, 2
+    cells a patch), each share kept."""
+
+    def scaled(length: int) -> int:
+        return max(16, int(length * side / NATIVE_SIDE / 16 + 0.5) * 16)
+
+    return tuple((scaled(height), scaled(width), share) for height, width, share in NATIVE_BUCKETS)
+
+
 #: Prompts are left-padded to at least this many tokens at serving (``cogserve.json``'s
 #: ``prompt_tokens``), and from ``stages.SERVING_PADDING_FROM`` on the transformer trains on its
 #: captions padded exactly so. The text encoder reads the pad tokens (the pipeline gives it no

@@ -526,6 +526,7 @@ def train_transformer(
     bank_size: int = 8192,
     deadline: float | None = None,
     native_from: int = NATIVE_FROM,
+    native_buckets: tuple[tuple[int, int, float], ...] = data.NATIVE_BUCKETS,
 ) -> None:
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     for module in (text_encoder, vae, ema):
@@ -541,7 +542,7 @@ def train_transformer(
             text_encoder,
             tokenizer,
             bank,
-            data.NATIVE_BUCKETS if native else buckets,
+            native_buckets if native else buckets,
             base_batch,
             step,
             shape_weight=SHAPE_WEIGHT if native else 0.0,
@@ -561,7 +562,7 @@ def train_transformer(
         if start < native_from:
             bank.prepare(buckets)
         if steps > native_from:
-            bank.prepare(data.NATIVE_BUCKETS)
+            bank.prepare(native_buckets)
             log.info(
                 "transformer: from step %d on, at the drawn sizes with the shapes weighted %.0fx",
                 native_from,

@@ -5,6 +5,8 @@
     python -m training.train --quick --work /tmp/t --out /tmp/t/model   # a smoke run (seconds)
     python -m training.train --device cuda --batch 256 --bank 16384 --minutes 8   # on a GPU
     python -m training.train --steps 120000 --lr 2e-4 --minutes 90   # on a CPU, in the background
+    python -m training.train --work /tmp/w --out /tmp/m --draw-side 224 --steps 150000   # draw at 224²
+                                                  # (/tmp/w: a copy of training/checkpoints)
 
 The work folder keeps one checkpoint per stage (weights, optimizer, EMA, step); every stage resumes
 from its own, and the data stream is a function of the step, so an interrupted run continues exactly.
@@ -42,8 +44,16 @@ def load_tokenizer(work: Path) -> object:
     return tokenizer
 
 
-def export(tokenizer: object, text_encoder: object, vae: object, transformer: object, out: Path) -> None:
-    """Save a pipeline folder that ``CogView4Pipeline.from_pretrained`` loads; atomically replaced."""
+def export(
+    tokenizer: object,
+    text_encoder: object,
+    vae: object,
+    transformer: object,
+    out: Path,
+    native_pixels: int = data.NATIVE_PIXELS,
+) -> None:
+    """Save a pipeline folder that ``CogView4Pipeline.from_pretrained`` loads; atomically replaced.
+    Its ``cogserve.json`` tells the engine to draw at about ``native_pixels`` and enlarge."""
     from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
 
     from cogserve.engine.builtin import SCHEDULER_CONFIG
@@ -59,7 +69,7 @@ def export(tokenizer: object, text_encoder: object, vae: object, transformer: ob
 
     def write(staging: Path) -> None:
         pipe.save_pretrained(staging, safe_serialization=True)
-        serving = {"native_pixels": data.NATIVE_PIXELS, "prompt_tokens": data.PROMPT_TOKENS}
+        serving = {"native_pixels": native_pixels, "prompt_tokens": data.PROMPT_TOKENS}
         (staging / SERVING_FILE).write_text(json.dumps(serving, indent=2) + "\n", encoding="utf-8")
 
     stages.replace_folder(out, write)
@@ -117,11 +127,20 @@ def main(argv: list[str] | None = None) -> None:
         default=stages.NATIVE_FROM,
         help="the transformer step from which it trains at the drawn sizes, shapes weighted",
     )
+    parser.add_argument(
+        "--draw-side",
+        type=int,
+        default=data.NATIVE_SIDE,
+        help="the model draws at about this many px squared (the drawn sizes scale with it; the shipped "
+        "model draws at 192; 224-320 raise what the VAE keeps). Give it again with --export-only",
+    )
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage: a smoke run")
     parser.add_argument(
         "--export-only", action="store_true", help="export the checkpoints as they are (training may run on)"
     )
     args = parser.parse_args(argv)
+    if args.draw_side < 64 or args.draw_side % 16:
+        parser.error(f"--draw-side must be a multiple of 16, at least 64, got {args.draw_side}")
     deadline = None if args.minutes is None else time.monotonic() + args.minutes * 60
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
@@ -170,11 +189,12 @@ def main(argv: list[str] | None = None) -> None:
         lr=args.lr,
         deadline=deadline,
         native_from=args.native_from,
+        native_buckets=data.native_buckets(args.draw_side),
     )
     for network in networks:
         network.to("cpu")  # type: ignore[attr-defined]
     # A fresh tokenizer: one that has padded batches keeps that padding in its saved tokenizer.json.
-    export(load_tokenizer(args.work), text_encoder, vae, ema, args.out)
+    export(load_tokenizer(args.work), text_encoder, vae, ema, args.out, native_pixels=args.draw_side**2)
 
 
 if __name__ == "__main__":

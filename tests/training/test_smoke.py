@@ -40,6 +40,8 @@ def test_quick_training_run_exports_a_pipeline_that_resumes_and_draws(tmp_path: 
             "4",
             "--bank",  # the --quick run's bank size, so its latent banks are reused
             "64",
+            "--draw-side",  # a model that draws larger says so to the engine
+            "224",
         ],
         cwd=REPO,
         capture_output=True,
@@ -51,7 +53,7 @@ def test_quick_training_run_exports_a_pipeline_that_resumes_and_draws(tmp_path: 
     # Text steps after a transformer has learnt the encoder's states keep those states close.
     assert "text: a transformer reads these states" in again.stderr
     serving = json.loads((out / "cogserve.json").read_text())
-    assert serving["native_pixels"] > 0 and serving["prompt_tokens"] > 0  # how the engine serves it
+    assert serving["native_pixels"] == 224 * 224 and serving["prompt_tokens"] > 0  # how the engine serves it
 
     # A spent time budget: a stage with steps left stays where it stands (tests/training/test_stages.py
     # checks a budget that runs out mid-stage).

@@ -125,3 +125,14 @@ def test_serving_groups_pad_each_caption_as_the_engine_pads_it_alone() -> None:
             assert row == [tokenizer.pad_token_id] * (length - len(own)) + own
     # the short captions share one call; the long one, padded less than the batch's longest, its own
     assert [len(indices) for indices, _ in groups] == [4, 1]
+
+
+def test_a_larger_draw_side_scales_every_drawn_size_and_keeps_the_default_as_is() -> None:
+    assert data.native_buckets(data.NATIVE_SIDE) == data.NATIVE_BUCKETS
+    scaled = data.native_buckets(224)
+    assert [share for *_, share in scaled] == [share for *_, share in data.NATIVE_BUCKETS]
+    for (height, width, _), (base_height, base_width, _) in zip(scaled, data.NATIVE_BUCKETS, strict=True):
+        assert height % 16 == 0 and width % 16 == 0  # whole patches of latent cells
+        assert height > base_height and width > base_width
+        assert abs(height / width - base_height / base_width) < 0.1 * base_height / base_width
+    assert (224, 224, data.NATIVE_BUCKETS[0][2]) in scaled  # 192² becomes 224² exactly

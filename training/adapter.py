@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -48,13 +49,22 @@ def night(scene: Scene) -> Scene:
     return Scene("black", shapes)
 
 
-#: The sizes the adapter trains at: the shapes model draws at about 192x192 (``cogserve.json``).
+#: The sizes the adapter trains at for a base model that draws at about 192x192; a base that draws
+#: larger (``cogserve.json``'s ``native_pixels``) gets them scaled (``buckets_for``).
 BUCKETS: tuple[tuple[int, int, float], ...] = (
     (128, 128, 0.25),
     (112, 192, 0.15),
     (192, 112, 0.15),
     (192, 192, 0.45),
 )
+
+
+def buckets_for(model_path: Path) -> tuple[tuple[int, int, float], ...]:
+    """``BUCKETS`` scaled to the size the base model at ``model_path`` draws at."""
+    from cogserve.engine.loader import serving_hints
+
+    pixels = serving_hints(str(model_path)).native_pixels
+    return BUCKETS if pixels is None else data.native_buckets(math.isqrt(pixels), BUCKETS)
 
 
 def fingerprint(path: Path) -> str:
@@ -113,12 +123,13 @@ def main(argv: list[str] | None = None) -> None:
         restyle=night,
         name=f"{NAME}-latents-{encoder}",
     )
-    bank.prepare(BUCKETS)
+    buckets = buckets_for(args.model_path)
+    bank.prepare(buckets)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         text_encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
         loss = stages.flow_loss(
-            transformer, text_encoder, tokenizer, bank, BUCKETS, args.batch, step, serving_padding=True
+            transformer, text_encoder, tokenizer, bank, buckets, args.batch, step, serving_padding=True
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

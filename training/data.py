@@ -60,15 +60,17 @@ NATIVE_SIDE = 192
 NATIVE_PIXELS = NATIVE_SIDE * NATIVE_SIDE
 
 
-def native_buckets(side: int) -> tuple[tuple[int, int, float], ...]:
-    """``NATIVE_BUCKETS`` for a model that draws at about ``side``² instead of ``NATIVE_SIDE``²: each
-    size scaled by ``side / NATIVE_SIDE`` and rounded to a multiple of 16 (8 px a latent cell, 2
-    cells a patch), each share kept."""
+def native_buckets(
+    side: int, buckets: tuple[tuple[int, int, float], ...] = NATIVE_BUCKETS
+) -> tuple[tuple[int, int, float], ...]:
+    """``buckets`` (sizes for a model that draws at ``NATIVE_SIDE``²) for one that draws at about
+    ``side``² instead: each size scaled by ``side / NATIVE_SIDE`` and rounded to a multiple of 16
+    (8 px a latent cell, 2 cells a patch), each share kept."""
 
     def scaled(length: int) -> int:
         return max(16, int(length * side / NATIVE_SIDE / 16 + 0.5) * 16)
 
-    return tuple((scaled(height), scaled(width), share) for height, width, share in NATIVE_BUCKETS)
+    return tuple((scaled(height), scaled(width), share) for height, width, share in buckets)
 
 
 #: Prompts are left-padded to at least this many tokens at serving (``cogserve.json``'s

@@ -136,3 +136,13 @@ def test_a_larger_draw_side_scales_every_drawn_size_and_keeps_the_default_as_is(
         assert height > base_height and width > base_width
         assert abs(height / width - base_height / base_width) < 0.1 * base_height / base_width
     assert (224, 224, data.NATIVE_BUCKETS[0][2]) in scaled  # 192² becomes 224² exactly
+
+
+def test_the_adapter_trains_at_the_sizes_its_base_model_draws_at(tmp_path: Path) -> None:
+    from cogserve.engine.builtin import SHAPES_PATH
+    from training import adapter
+
+    assert adapter.buckets_for(SHAPES_PATH) == adapter.BUCKETS  # the shipped model draws at 192²
+    assert adapter.buckets_for(tmp_path) == adapter.BUCKETS  # a folder without serving hints
+    (tmp_path / "cogserve.json").write_text('{"native_pixels": 50176}', encoding="utf-8")
+    assert max(height for height, _, _ in adapter.buckets_for(tmp_path)) == 224
